@@ -1,0 +1,49 @@
+# cde-serve: `make run` serves the demo model; `make test` runs the test suite.
+# Both create the virtual environment (.venv) and install the project when needed.
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint proto bench bench-model bench-triton bench-gateway clean
+
+$(STAMP): pyproject.toml setup.py $(wildcard proto/cde/v1/*.proto)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -e '.[server,loadtest,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Serve the offline demo model (MiniLM stand-in) with a SQLite store on localhost:50051.
+run: install
+	CDE_MODEL=$${CDE_MODEL:-demo} $(BIN)/cde serve
+
+## Run the whole test suite (starts real tritonserver, gateways and redis-server processes).
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/buf lint
+
+## Regenerate the cde.v1 Python code after editing proto/ (every install does it too).
+proto:
+	$(BIN)/python -m pip install -q --no-deps -e .
+
+bench-model: install
+	HF_HUB_OFFLINE=1 $(BIN)/python loadtest/bench_model.py
+
+bench-triton: install
+	HF_HUB_OFFLINE=1 $(BIN)/python loadtest/bench_triton.py
+
+bench-gateway: install
+	HF_HUB_OFFLINE=1 $(BIN)/python loadtest/bench_gateway.py
+
+bench: bench-model bench-triton bench-gateway
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache client/cde/v1/*_pb2*

@@ -1,0 +1,1 @@
+"""cde-serve package."""
