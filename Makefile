@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint proto bench bench-model bench-triton bench-gateway clean
+.PHONY: install run test lint proto bench bench-model bench-triton bench-gateway lint-deploy clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard proto/cde/v1/*.proto)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ lint: install
 proto:
 	$(BIN)/python -m pip install -q --no-deps -e .
 
+## Static checks of deploy/ (checkov + Kubernetes schemas, in their own .venv-deploy).
+lint-deploy: install
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q tests/test_deploy_static.py
+
 bench-model: install
 	HF_HUB_OFFLINE=1 $(BIN)/python loadtest/bench_model.py
 
@@ -46,4 +50,4 @@ bench-gateway: install
 bench: bench-model bench-triton bench-gateway
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache client/cde/v1/*_pb2*
+	rm -rf $(VENV) .venv-deploy build *.egg-info .pytest_cache .mypy_cache .ruff_cache client/cde/v1/*_pb2*

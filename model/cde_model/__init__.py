@@ -1,1 +1,30 @@
-"""cde-serve package."""
+"""cde-small-v1 contextual document embeddings in torch, plus an offline demo stand-in.
+
+`from cde_model import load_model, EmbeddingModel, PreparedContext, ModelInfo`. Those names are
+imported lazily, so `cde_model.context`, `cde_model.prompts` and `cde_model.demo_corpus` stay
+importable without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cde_model.interface import EmbeddingModel, ModelInfo, PreparedContext
+    from cde_model.loader import load_model
+
+__all__ = ["EmbeddingModel", "ModelInfo", "PreparedContext", "load_model"]
+
+_LAZY = {
+    "EmbeddingModel": "cde_model.interface",
+    "ModelInfo": "cde_model.interface",
+    "PreparedContext": "cde_model.interface",
+    "load_model": "cde_model.loader",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cde_model' has no attribute {name!r}")

@@ -32,8 +32,9 @@ class TritonInstall:
     libs: Path | None  # bundled shared libraries (nvidia_pytriton.libs)
 
 
-def pytriton_install() -> TritonInstall:
-    """The tritonserver bundled in the installed `nvidia-pytriton` wheel."""
+def pytriton_install(binary: Path | None = None) -> TritonInstall:
+    """The tritonserver bundled in the installed `nvidia-pytriton` wheel (or `binary` with the
+    wheel's backends and stub)."""
     try:
         import pytriton
     except ImportError as exc:
@@ -45,7 +46,7 @@ def pytriton_install() -> TritonInstall:
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     libs = root.parent.parent / "nvidia_pytriton.libs"
     return TritonInstall(
-        binary=root / "bin" / "tritonserver",
+        binary=binary if binary is not None else root / "bin" / "tritonserver",
         backends=root / "backends",
         stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
         libs=libs if libs.is_dir() else None,
@@ -71,7 +72,7 @@ def python_libdir() -> Path:
     soname = sysconfig.get_config_var("INSTSONAME") or (
         f"libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0"
     )
-    if not libdir or not (Path(libdir) / soname).exists():
+    if not libdir or not (Path(libdir) / soname).is_file():
         raise TritonSetupError(
             f"shared libpython not found ({libdir}/{soname}): the python backend stub needs a "
             "Python built with --enable-shared (e.g. PYTHON_CONFIGURE_OPTS=--enable-shared "
@@ -86,7 +87,7 @@ def prepare_backend_dir(install: TritonInstall, cache_dir: Path) -> Path:
     The copy's name hashes the source files' sizes and times, so an upgraded wheel gets a new
     one. It is built in a temporary directory and renamed, so concurrent starts are safe.
     """
-    sources = sorted(p for p in install.backends.rglob("*") if p.is_file()) + [install.stub]
+    sources = [*sorted(p for p in install.backends.rglob("*") if p.is_file()), install.stub]
     fingerprint = hashlib.sha256()
     for path in sources:
         stat = path.stat()

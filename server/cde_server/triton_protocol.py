@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[Any]
 
 CONTEXT_NOT_CACHED_MARKER = "CDE_CONTEXT_NOT_CACHED"
 """Substring of the error message of a cache miss (status NOT_FOUND / gRPC NOT_FOUND)."""
@@ -33,12 +37,14 @@ FIRST_STAGE_MODEL = "cde_first_stage"
 SECOND_STAGE_MODEL = "cde_second_stage"
 CONTEXT_ENSEMBLE = "cde_context"
 EMBED_ENSEMBLE = "cde_embed"
+MODEL_INFO_MODEL = "cde_model_info"
 ALL_MODELS = (
     TOKENIZE_MODEL,
     FIRST_STAGE_MODEL,
     SECOND_STAGE_MODEL,
     CONTEXT_ENSEMBLE,
     EMBED_ENSEMBLE,
+    MODEL_INFO_MODEL,
 )
 
 # Tensor names (inputs and outputs). Every tensor has a leading batch dimension.
@@ -49,12 +55,18 @@ CONTEXT_ID = "CONTEXT_ID"  # BYTES [rows, 1], ASCII hex from context_id()
 DATASET_EMBEDDINGS = "DATASET_EMBEDDINGS"  # FP32 [rows, N, hidden], optional
 DATASET_EMBEDDING = "DATASET_EMBEDDING"  # FP32 [rows, hidden], output of the first stage
 EMBEDDING = "EMBEDDING"  # FP32 [rows, hidden], raw (unnormalized) second-stage output
+TOKEN_COUNT = "TOKEN_COUNT"  # INT32 [rows, 1], tokens after truncation incl. [CLS]/[SEP]
+TRUNCATED = "TRUNCATED"  # BOOL [rows, 1], text reached max_tokens (cut, or exactly that long)
+# cde_model_info (not batched): REQUEST BYTES [1] (any value) -> INFO BYTES [1], a JSON object
+# with name, fingerprint, hidden_size, corpus_size, max_tokens, dtype, device ("cpu" | "gpu").
+REQUEST = "REQUEST"
+INFO = "INFO"
 
 MAX_BATCH_ROWS = 64
 """Rows one request to an ensemble may carry (its max_batch_size); split larger batches."""
 
 
-def context_id(embeddings: np.ndarray) -> str:
+def context_id(embeddings: Array) -> str:
     """Content hash of dataset embeddings: sha256 of their float32 little-endian bytes, 32 hex."""
     data = np.ascontiguousarray(embeddings, dtype="<f4")
     return hashlib.sha256(data.tobytes()).hexdigest()[:CONTEXT_ID_LENGTH]
@@ -65,17 +77,17 @@ def is_context_not_cached(message: str) -> bool:
     return CONTEXT_NOT_CACHED_MARKER in message
 
 
-def text_tensor(texts: Sequence[str]) -> np.ndarray:
+def text_tensor(texts: Sequence[str]) -> Array:
     """TEXT input for `texts`: object array of UTF-8 bytes, shape [rows, 1]."""
     return np.array([[text.encode("utf-8")] for text in texts], dtype=np.object_).reshape(-1, 1)
 
 
-def context_id_tensor(context: str, rows: int) -> np.ndarray:
+def context_id_tensor(context: str, rows: int) -> Array:
     """CONTEXT_ID input: the same id on each of `rows` rows, shape [rows, 1]."""
     return np.full((rows, 1), context.encode("ascii"), dtype=np.object_)
 
 
-def dataset_embeddings_tensor(embeddings: np.ndarray, rows: int) -> np.ndarray:
+def dataset_embeddings_tensor(embeddings: Array, rows: int) -> Array:
     """DATASET_EMBEDDINGS input: [N, hidden] repeated on each of `rows` rows (a broadcast view)."""
     matrix = np.asarray(embeddings, dtype=np.float32)
     return np.broadcast_to(matrix, (rows, *matrix.shape))

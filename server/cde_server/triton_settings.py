@@ -13,6 +13,7 @@ SOURCE_MODEL_REPOSITORY = Path(__file__).resolve().parents[2] / "model_repositor
 
 Device = Literal["auto", "cpu", "gpu"]
 Dtype = Literal["float32", "bfloat16", "float16"]
+MiB = 1024 * 1024
 
 
 class TritonSettings(BaseSettings):
@@ -20,31 +21,39 @@ class TritonSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CDE_", extra="ignore")
 
-    model: str = Field("demo", description='CDE checkpoint directory, or "demo"')
-    dtype: Dtype = Field("float32", description="weights/compute dtype (float16: GPU only)")
+    model: str = Field(default="demo", description='checkpoint directory, or "demo"')
+    dtype: Dtype = Field(default="float32", description="float16 on GPU only")
     context_cache_bytes: int = Field(
-        512 * 1024 * 1024, gt=0, description="context cache budget per second-stage instance"
+        default=512 * MiB, gt=0, description="context cache budget of each second-stage instance"
     )
-    triton_grpc_port: int = Field(8001, ge=1, le=65535)
-    triton_http_port: int = Field(8000, ge=1, le=65535)
-    triton_metrics_port: int = Field(8002, ge=1, le=65535)
-    triton_host: str = Field("localhost", description="host the clients use to reach Triton")
-    triton_model_repository: Path = SOURCE_MODEL_REPOSITORY
-    triton_device: Device = Field("auto", description="gpu: config.pbtxt; cpu: configs/cpu.pbtxt")
-    triton_binary: Path | None = Field(None, description="tritonserver; default: nvidia-pytriton's")
+    token_budget: int = Field(
+        default=0, ge=0, description="positions per forward pass (0: the model's default)"
+    )
+    triton_grpc_port: int = Field(default=8001, ge=1, le=65535)
+    triton_http_port: int = Field(default=8000, ge=1, le=65535)
+    triton_metrics_port: int = Field(default=8002, ge=1, le=65535)
+    triton_bind_address: str = Field(default="127.0.0.1", description="Triton listens here")
+    triton_host: str = Field(default="127.0.0.1", description="clients reach Triton here")
+    triton_model_repository: Path = Field(default=SOURCE_MODEL_REPOSITORY)
+    triton_device: Device = Field(
+        default="auto", description="gpu: config.pbtxt, cpu: configs/cpu.pbtxt, auto: detect"
+    )
+    triton_binary: Path | None = Field(
+        default=None, description="tritonserver to run (default: the one in nvidia-pytriton)"
+    )
     triton_cache_dir: Path = Field(
-        Path.home() / ".cache" / "cde-serve" / "triton",
+        default=Path.home() / ".cache" / "cde-serve" / "triton",
         description="writable directory for the prepared backend directory",
     )
-    triton_startup_timeout_s: float = Field(600.0, gt=0)
-    triton_exit_timeout_s: int = Field(30, ge=0, description="grace for in-flight requests")
-    triton_log_verbose: int = Field(0, ge=0)
+    triton_startup_timeout_s: float = Field(default=600.0, gt=0)
+    triton_exit_timeout_s: int = Field(default=30, ge=0, description="grace for in-flight work")
+    triton_log_verbose: int = Field(default=0, ge=0)
     triton_shm_default_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024 * 1024, description="python backend shm per stub, initial"
+        default=4 * MiB, ge=MiB, description="python backend shared memory per stub, initial"
     )
-    triton_shm_growth_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    triton_shm_growth_bytes: int = Field(default=16 * MiB, gt=0)
     triton_extra_args: list[str] = Field(
-        default_factory=list, description="appended to the tritonserver command line"
+        default_factory=list, description="appended to tritonserver's command line (JSON list)"
     )
 
     @property

@@ -1,0 +1,253 @@
+"""cde-small-v1: both stages of the published model, computed exactly but without waste.
+
+Exact shortcuts (see docs/cde-small-v1.md for the published computation):
+- Stage 1: the rotary quirk rotates every row of a head alike, which cancels in q·k; skipped.
+- Stage 2: the N dataset rows and 8 prompt rows enter layer 0 identically for every text, so
+  their `emb_ln` output and layer-0 q/k/v are computed once per context (`prepare_context`).
+- Stage 2, last layer: only text rows are pooled, so queries, attention output and MLP are
+  computed for text rows only (keys and values still come from every row).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cde_model.backbone import Rotary, finish_layer, masked_mean, split_heads
+from cde_model.batching import TokenBatch
+from cde_model.checkpoint import (
+    NUM_PROMPT_ROWS,
+    CDEWeights,
+    build_weights,
+    fingerprint,
+    read_tensors,
+)
+from cde_model.config import CDEConfig
+from cde_model.interface import (
+    EmbeddingModel,
+    ModelInfo,
+    PreparedContext,
+    TokenArray,
+    tensor_nbytes,
+)
+from cde_model.runtime import default_token_budget, resolve_device, resolve_dtype
+from cde_model.tokenizer import TextTokenizer
+
+
+@dataclass(frozen=True)
+class CDEContext(PreparedContext):
+    """Layer-0 state of the N dataset rows followed by the 8 prompt rows."""
+
+    model_fingerprint: str
+    layer0_input: torch.Tensor  # [N+8, H]: emb_ln(row + token type 0)
+    layer0_qkv: torch.Tensor  # [N+8, 3H]: layer-0 projections, prompt rows rotated
+
+    @property
+    def nbytes(self) -> int:
+        return tensor_nbytes(self.layer0_input, self.layer0_qkv)
+
+
+class CDEModel(EmbeddingModel):
+    """A cde-small-v1 checkpoint on one device and dtype."""
+
+    def __init__(
+        self,
+        weights: CDEWeights,
+        config: CDEConfig,
+        tokenizer: TextTokenizer,
+        info: ModelInfo,
+        token_budget: int,
+    ) -> None:
+        self._weights = weights
+        self._config = config
+        self.tokenizer = tokenizer
+        self.info = info
+        self._token_budget = token_budget
+        second = weights.second_stage
+        self._device = second.word_embeddings.device
+        self._dtype = second.word_embeddings.dtype
+        hidden = second.hidden_size
+        self._head_dim = hidden // config.num_heads
+        self._rotary = Rotary.for_heads(
+            config.num_heads, self._head_dim, config.rotary_base, self._device, self._dtype
+        )
+        with torch.inference_mode():
+            ones = torch.ones(hidden, device=self._device, dtype=self._dtype)
+            prompt = weights.prompt_projection(ones, F.relu)
+            self._prompt_rows = prompt.reshape(NUM_PROMPT_ROWS, hidden)
+
+    @classmethod
+    def load(
+        cls,
+        directory: Path,
+        *,
+        dtype: str = "float32",
+        device: str | None = None,
+        token_budget: int | None = None,
+    ) -> CDEModel:
+        """Load a checkpoint directory in the published layout."""
+        if not directory.is_dir():
+            raise FileNotFoundError(f"checkpoint directory not found: {directory}")
+        config_path = directory / "config.json"
+        weights_path = directory / "model.safetensors"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"checkpoint config not found: {config_path}")
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        config = CDEConfig.from_file(config_path)
+        tokenizer, tokenizer_file = TextTokenizer.from_dir(directory, config.max_tokens)
+        weights = build_weights(
+            config, read_tensors(weights_path), torch_device, torch_dtype, str(weights_path)
+        )
+        vocab_rows = weights.first_stage.word_embeddings.shape[0]
+        if tokenizer.vocab_size > vocab_rows:
+            raise ValueError(
+                f"tokenizer {tokenizer_file} has {tokenizer.vocab_size} entries but the "
+                f"word embeddings only {vocab_rows} rows"
+            )
+        info = ModelInfo(
+            name=directory.resolve().name,
+            fingerprint=fingerprint([config_path, weights_path, tokenizer_file]),
+            hidden_size=weights.second_stage.hidden_size,
+            corpus_size=config.corpus_size,
+            max_tokens=config.max_tokens,
+            dtype=dtype,
+            device=str(torch_device),
+        )
+        budget = token_budget or default_token_budget(torch_device)
+        return cls(weights, config, tokenizer, info, budget)
+
+    # ----------------------------------------------------------------------------- stage 1
+
+    @torch.inference_mode()
+    def first_stage(self, input_ids: TokenArray, attention_mask: TokenArray) -> torch.Tensor:
+        batch = self._validated(input_ids, attention_mask)
+        out = torch.empty(len(batch.lengths), self.info.hidden_size, dtype=torch.float32)
+        for rows, length in batch.packs(self._token_budget):
+            ids = batch.input_ids[rows, :length].to(self._device)
+            mask = batch.attention_mask[rows, :length].to(self._device)
+            out[rows] = self._first_stage_pack(ids, mask).float().cpu()
+        return out
+
+    def _first_stage_pack(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        backbone = self._weights.first_stage
+        x = backbone.embedding_norm(backbone.token_rows(ids, 1))
+        key_mask = None if bool(mask.all()) else mask[:, None, None, :]
+        for layer in backbone.layers:
+            q, k, v = split_heads(F.linear(x, layer.wqkv), 3, backbone.num_heads)
+            x = finish_layer(layer, x, q, k, v, key_mask, backbone.eps)
+        pooled = masked_mean(x, mask).to(self._dtype)
+        return self._weights.first_stage_mlp(pooled, F.gelu)
+
+    # ----------------------------------------------------------------------------- context
+
+    @torch.inference_mode()
+    def prepare_context(self, dataset_embeddings: torch.Tensor | np.ndarray) -> CDEContext:
+        rows = torch.as_tensor(dataset_embeddings)
+        corpus_size, hidden = self.info.corpus_size, self.info.hidden_size
+        if rows.dim() != 2 or rows.shape[1] != hidden:
+            raise ValueError(
+                f"dataset embeddings must be [rows, {hidden}], got {list(rows.shape)}"
+            )
+        if rows.shape[0] < corpus_size:
+            raise ValueError(
+                f"the model needs {corpus_size} dataset embeddings, got {rows.shape[0]}"
+            )
+        rows = rows[:corpus_size].to(device=self._device, dtype=self._dtype)
+        if not bool(torch.isfinite(rows).all()):
+            raise ValueError("dataset embeddings contain NaN or infinite values")
+        backbone = self._weights.second_stage
+        layer0_input = backbone.embedding_norm(
+            torch.cat((rows, self._prompt_rows)) + backbone.token_type0
+        )
+        layer0_qkv = F.linear(layer0_input, backbone.layers[0].wqkv)
+        self._rotate(layer0_qkv.unsqueeze(0), parts=3, rotated_parts=2, first_row=corpus_size)
+        return CDEContext(self.info.fingerprint, layer0_input, layer0_qkv)
+
+    # ----------------------------------------------------------------------------- stage 2
+
+    @torch.inference_mode()
+    def second_stage(
+        self, input_ids: TokenArray, attention_mask: TokenArray, context: PreparedContext
+    ) -> torch.Tensor:
+        if not isinstance(context, CDEContext):
+            raise TypeError(f"expected a context prepared by a CDE model, got {type(context)}")
+        if context.model_fingerprint != self.info.fingerprint:
+            raise ValueError("the context was prepared by a different model")
+        batch = self._validated(input_ids, attention_mask)
+        out = torch.empty(len(batch.lengths), self.info.hidden_size, dtype=torch.float32)
+        context_rows = context.layer0_input.shape[0]
+        for rows, length in batch.packs(self._token_budget, rows_per_item=context_rows):
+            ids = batch.input_ids[rows, :length].to(self._device)
+            mask = batch.attention_mask[rows, :length].to(self._device)
+            out[rows] = self._second_stage_pack(ids, mask, context).float().cpu()
+        return out
+
+    def _second_stage_pack(
+        self, ids: torch.Tensor, mask: torch.Tensor, context: CDEContext
+    ) -> torch.Tensor:
+        backbone = self._weights.second_stage
+        heads, eps = backbone.num_heads, backbone.eps
+        batch, length = ids.shape
+        fixed, hidden = context.layer0_input.shape  # N dataset rows + 8 prompt rows
+        corpus_size = self.info.corpus_size
+
+        # Text rows carry token type 0 twice: once from the embedding module, once more when
+        # the backbone embeds the assembled sequence.
+        text = backbone.embedding_norm(backbone.token_rows(ids, 2))
+        text_qkv = F.linear(text, backbone.layers[0].wqkv)
+        self._rotate(text_qkv, parts=3, rotated_parts=2, first_row=0)
+        x = torch.cat((context.layer0_input.expand(batch, fixed, hidden), text), dim=1)
+        qkv = torch.cat((context.layer0_qkv.expand(batch, fixed, 3 * hidden), text_qkv), dim=1)
+        if bool(mask.all()):
+            key_mask = None
+        else:
+            visible = torch.ones(batch, fixed, dtype=torch.bool, device=mask.device)
+            key_mask = torch.cat((visible, mask), dim=1)[:, None, None, :]
+
+        last = len(backbone.layers) - 1
+        for index, layer in enumerate(backbone.layers):
+            if index == 0:
+                q, k, v = split_heads(qkv, 3, heads)
+            elif index < last:
+                qkv = F.linear(x, layer.wqkv)
+                self._rotate(qkv, parts=3, rotated_parts=2, first_row=corpus_size)
+                q, k, v = split_heads(qkv, 3, heads)
+            else:
+                kv = F.linear(x, layer.wkv)
+                self._rotate(kv, parts=2, rotated_parts=1, first_row=corpus_size)
+                k, v = split_heads(kv, 2, heads)
+                text_q = F.linear(x[:, fixed:], layer.wq)
+                self._rotate(text_q, parts=1, rotated_parts=1, first_row=0)
+                (q,) = split_heads(text_q, 1, heads)
+            if index == last:
+                # Only text rows are pooled: the last layer computes outputs for them alone.
+                q = q[:, :, -length:]
+                x = finish_layer(layer, x[:, fixed:], q, k, v, key_mask, eps)
+            else:
+                x = finish_layer(layer, x, q, k, v, key_mask, eps)
+
+        pooled = masked_mean(x, mask).to(self._dtype)
+        return self._weights.output_projection(pooled, F.relu)
+
+    # ----------------------------------------------------------------------------- helpers
+
+    def _rotate(
+        self, projection: torch.Tensor, parts: int, rotated_parts: int, first_row: int
+    ) -> None:
+        """Apply the rotary quirk in place to the first `rotated_parts` of q/k/v from a row on."""
+        batch, rows, _ = projection.shape
+        heads = projection.view(batch, rows, parts, self._config.num_heads, self._head_dim)
+        self._rotary.apply_(heads[:, first_row:, :rotated_parts])
+
+    def _validated(self, input_ids: TokenArray, attention_mask: TokenArray) -> TokenBatch:
+        return TokenBatch.from_inputs(
+            input_ids,
+            attention_mask,
+            vocab_size=int(self._weights.first_stage.word_embeddings.shape[0]),
+            max_tokens=self.info.max_tokens,
+        )

@@ -1,0 +1,32 @@
+"""`load_model`: a checkpoint directory or the built-in demo model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cde_model.interface import EmbeddingModel
+
+DEMO_MODEL = "demo"
+
+
+def load_model(
+    path_or_demo: str,
+    *,
+    dtype: str = "float32",
+    device: str | None = None,
+    token_budget: int | None = None,
+) -> EmbeddingModel:
+    """Load a cde-small-v1-layout checkpoint directory, or "demo" (MiniLM stand-in).
+
+    dtype: float32 | bfloat16 | float16 (GPU only); device: cpu | cuda | cuda:N, None → cuda
+    when available. token_budget: positions per forward pass (None → a per-device default).
+    """
+    if path_or_demo == DEMO_MODEL:
+        from cde_model.demo import DemoModel
+
+        return DemoModel.load(dtype=dtype, device=device, token_budget=token_budget)
+    from cde_model.cde import CDEModel
+
+    return CDEModel.load(
+        Path(path_or_demo), dtype=dtype, device=device, token_budget=token_budget
+    )

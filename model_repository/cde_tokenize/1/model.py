@@ -1,0 +1,22 @@
+"""cde_tokenize: thin wrapper around cde_server.triton_models.tokenize_model."""
+
+from typing import Any
+
+import triton_python_backend_utils as pb_utils
+from cde_server.triton_models.backend import TritonAdapter, model_parameters
+from cde_server.triton_models.tokenize_model import TokenizeHandler
+
+
+class TritonPythonModel:
+    """Python-backend entry points; the work happens in the handler."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        handler = TokenizeHandler.from_parameters(model_parameters(args))
+        self.adapter = TritonAdapter(pb_utils, handler, args["model_name"])
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses: list[Any] = self.adapter.execute(requests)
+        return responses
+
+    def finalize(self) -> None:
+        self.adapter.close()

@@ -1,0 +1,54 @@
+"""Persistence of context sets and custom prompts: SQLite (default) or Redis (shared).
+
+`open_store(url)` picks the backend from the URL:
+- `sqlite:///abs/path.db` (absolute), `sqlite://rel/path.db` (relative to the working
+  directory), `sqlite://:memory:` (throwaway), or a bare file path;
+- `redis://[user:password@]host:port/db`, `rediss://...` (TLS), `unix:///path/to/socket`,
+  with optional query parameters `prefix`, `socket_timeout`, `socket_connect_timeout`.
+"""
+
+from __future__ import annotations
+
+from cde_server.errors import StoreUnavailableError
+from cde_server.stores.base import SAMPLINGS, ContextSetSummary, Sampling, Store, StoredContextSet
+
+__all__ = [
+    "SAMPLINGS",
+    "ContextSetSummary",
+    "Sampling",
+    "Store",
+    "StoredContextSet",
+    "open_store",
+    "sqlite_path",
+]
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def sqlite_path(url: str) -> str:
+    """The file path (or ":memory:") named by a `sqlite://` URL or a bare path."""
+    path = url.removeprefix("sqlite://")
+    if path in ("", "/"):
+        raise StoreUnavailableError(f"store URL {url!r} names no SQLite file")
+    if path == "/:memory:":
+        return ":memory:"
+    return path
+
+
+async def open_store(url: str) -> Store:
+    """Open the store named by `url` (see the module docstring).
+
+    SQLite opens (and creates) the file at once; Redis connects lazily, so call `ping()`
+    to check it. Unusable URLs or files raise `StoreUnavailableError`.
+    """
+    if url.startswith(_REDIS_SCHEMES):
+        from cde_server.stores.redis import RedisStore
+
+        return RedisStore.from_url(url)
+    if "://" in url and not url.startswith("sqlite://"):
+        raise StoreUnavailableError(
+            f"unsupported store URL {url!r}: use sqlite:///path/to/file.db or redis://host:port/0"
+        )
+    from cde_server.stores.sqlite import SqliteStore
+
+    return await SqliteStore.connect(sqlite_path(url))

@@ -1,0 +1,151 @@
+"""Records and the `Store` protocol shared by every store backend."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol, get_args
+
+import numpy as np
+import numpy.typing as npt
+
+Sampling = Literal["exact", "subsampled", "oversampled"]
+SAMPLINGS: tuple[str, ...] = get_args(Sampling)
+
+
+@dataclass(frozen=True)
+class ContextSetSummary:
+    """A context set's metadata (everything but the embeddings and documents)."""
+
+    name: str
+    created_at: datetime
+    model_fingerprint: str
+    prompt: str
+    source_document_count: int
+    revision: int
+    sampling: Sampling
+    context_id: str
+    context_size: int
+    embedding_dim: int
+
+
+@dataclass(frozen=True, eq=False)
+class StoredContextSet:
+    """A complete context set: metadata, N dataset embeddings and the sampled documents.
+
+    `embeddings` is normalized to a read-only C-contiguous float32 [N, hidden] array.
+    `documents` is empty when the set was read without them. `revision` is assigned by the
+    store (1 for a new set, previous + 1 on replace); the value passed to create is ignored.
+    """
+
+    name: str
+    created_at: datetime
+    model_fingerprint: str
+    prompt: str
+    source_document_count: int
+    revision: int
+    sampling: Sampling
+    context_id: str
+    embeddings: npt.NDArray[np.float32]
+    documents: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        embeddings = np.ascontiguousarray(self.embeddings, dtype=np.float32)
+        if embeddings.ndim != 2:
+            raise ValueError(f"embeddings must be 2-D [N, hidden], got shape {embeddings.shape}")
+        if embeddings.flags.writeable and embeddings is self.embeddings:
+            embeddings = embeddings.copy()
+        embeddings.setflags(write=False)
+        object.__setattr__(self, "embeddings", embeddings)
+        object.__setattr__(self, "documents", tuple(self.documents))
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        if self.created_at.tzinfo is None:
+            raise ValueError("created_at must be timezone-aware (UTC)")
+
+    @property
+    def context_size(self) -> int:
+        """Number of dataset embeddings (rows)."""
+        return int(self.embeddings.shape[0])
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of each dataset embedding."""
+        return int(self.embeddings.shape[1])
+
+    def summary(self) -> ContextSetSummary:
+        """The metadata of this set."""
+        return ContextSetSummary(
+            name=self.name,
+            created_at=self.created_at,
+            model_fingerprint=self.model_fingerprint,
+            prompt=self.prompt,
+            source_document_count=self.source_document_count,
+            revision=self.revision,
+            sampling=self.sampling,
+            context_id=self.context_id,
+            context_size=self.context_size,
+            embedding_dim=self.embedding_dim,
+        )
+
+    def with_revision(self, revision: int) -> StoredContextSet:
+        """A copy carrying the store-assigned revision."""
+        return dataclasses.replace(self, revision=revision)
+
+
+class Store(Protocol):
+    """Persistence of context sets and custom prompts (no caching: reads see the latest write).
+
+    Every method raises `StoreUnavailableError` when the backend cannot be used.
+    """
+
+    async def create_context_set(
+        self, context_set: StoredContextSet, *, replace: bool
+    ) -> StoredContextSet:
+        """Store atomically; returns the stored set with its revision.
+
+        `AlreadyExistsError` when the name exists and not `replace`; of concurrent creates
+        of one name exactly one wins. Readers see either the old or the new set, never a mix.
+        """
+        ...
+
+    async def get_context_set(self, name: str, *, with_documents: bool = False) -> StoredContextSet:
+        """The set with its embeddings (and documents if asked); `NotFoundError` if absent."""
+        ...
+
+    async def get_summary(self, name: str) -> ContextSetSummary:
+        """The set's metadata without reading embeddings; `NotFoundError` if absent."""
+        ...
+
+    async def list_context_sets(self, *, after: str | None, limit: int) -> list[ContextSetSummary]:
+        """Up to `limit` summaries in name order, names strictly greater than `after`."""
+        ...
+
+    async def delete_context_set(self, name: str) -> None:
+        """Delete the set; `NotFoundError` if absent."""
+        ...
+
+    async def list_prompts(self) -> dict[str, str]:
+        """All custom prompts, name → text."""
+        ...
+
+    async def get_prompt(self, name: str) -> str:
+        """One custom prompt's text; `NotFoundError` if absent."""
+        ...
+
+    async def put_prompt(self, name: str, text: str) -> None:
+        """Create or replace a custom prompt."""
+        ...
+
+    async def delete_prompt(self, name: str) -> None:
+        """Delete a custom prompt; `NotFoundError` if absent."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the backend is usable; `StoreUnavailableError` otherwise."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads; the store must not be used afterwards."""
+        ...

@@ -1,0 +1,308 @@
+"""SQLite store: one database file, WAL journal, all calls on one worker thread.
+
+A single connection on a dedicated thread serializes this process's calls; `BEGIN IMMEDIATE`
+serializes writers across processes sharing the file, so check-then-insert is atomic and
+concurrent creates of one name leave exactly one winner. Embeddings are float32 blobs,
+documents a JSON array; metadata columns come first so summaries never read the blobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cde_server.errors import (
+    AlreadyExistsError,
+    InternalError,
+    NotFoundError,
+    StoreUnavailableError,
+)
+from cde_server.stores import records
+from cde_server.stores.base import ContextSetSummary, StoredContextSet
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+MEMORY = ":memory:"
+BUSY_TIMEOUT_S = 5.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS context_sets (
+    name TEXT PRIMARY KEY NOT NULL,
+    revision INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    model_fingerprint TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    source_document_count INTEGER NOT NULL,
+    sampling TEXT NOT NULL,
+    context_id TEXT NOT NULL,
+    context_size INTEGER NOT NULL,
+    embedding_dim INTEGER NOT NULL,
+    embeddings BLOB NOT NULL,
+    documents TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS prompts (
+    name TEXT PRIMARY KEY NOT NULL,
+    text TEXT NOT NULL
+);
+"""
+
+_SUMMARY_COLUMNS = (
+    "name, revision, created_at, model_fingerprint, prompt, source_document_count, "
+    "sampling, context_id, context_size, embedding_dim"
+)
+
+
+def _summary_from_row(row: tuple[Any, ...]) -> ContextSetSummary:
+    return ContextSetSummary(
+        name=row[0],
+        revision=int(row[1]),
+        created_at=records.parse_time(row[2]),
+        model_fingerprint=row[3],
+        prompt=row[4],
+        source_document_count=int(row[5]),
+        sampling=records.parse_sampling(row[6]),
+        context_id=row[7],
+        context_size=int(row[8]),
+        embedding_dim=int(row[9]),
+    )
+
+
+class SqliteStore:
+    """`Store` over a SQLite file (or `:memory:` for throwaway use)."""
+
+    def __init__(self, path: str) -> None:
+        """Prepare the worker thread; call `open()` before use (or use `SqliteStore.connect`)."""
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cde-sqlite")
+        self._connection: sqlite3.Connection | None = None
+        self._closed = False
+
+    @classmethod
+    async def connect(cls, path: str) -> SqliteStore:
+        """Open (creating if needed) the database at `path`."""
+        store = cls(path)
+        try:
+            await store._run(store._open)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _run(self, function: Callable[..., T], *args: Any) -> T:
+        if self._closed:
+            raise StoreUnavailableError(f"SQLite store {self.path} is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(function, *args))
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"SQLite store {self.path} failed: {exc}") from exc
+
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise StoreUnavailableError(f"SQLite store {self.path} is not open")
+        return self._connection
+
+    def _open(self) -> None:
+        if self.path != MEMORY:
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreUnavailableError(
+                    f"cannot create the directory of SQLite store {self.path}: {exc}"
+                ) from exc
+        connection = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StoreUnavailableError(
+                    f"SQLite store {self.path} has schema version {version}, newer than this "
+                    f"server's {SCHEMA_VERSION}; upgrade cde-serve"
+                )
+            connection.execute("BEGIN IMMEDIATE")
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                connection.execute(statement)
+            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+
+    # -- context sets ---------------------------------------------------------------------
+
+    async def create_context_set(
+        self, context_set: StoredContextSet, *, replace: bool
+    ) -> StoredContextSet:
+        """Insert or atomically replace; see `Store.create_context_set`."""
+        revision = await self._run(self._create, context_set, replace)
+        return context_set.with_revision(revision)
+
+    def _create(self, context_set: StoredContextSet, replace: bool) -> int:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT revision FROM context_sets WHERE name = ?", (context_set.name,)
+            ).fetchone()
+            if row is not None and not replace:
+                raise AlreadyExistsError(
+                    f'context set "{context_set.name}" already exists; use replace to rebuild it'
+                )
+            revision = 1 if row is None else int(row[0]) + 1
+            db.execute(
+                "INSERT OR REPLACE INTO context_sets (name, revision, created_at, "
+                "model_fingerprint, prompt, source_document_count, sampling, context_id, "
+                "context_size, embedding_dim, embeddings, documents) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    context_set.name,
+                    revision,
+                    records.format_time(context_set.created_at),
+                    context_set.model_fingerprint,
+                    context_set.prompt,
+                    context_set.source_document_count,
+                    context_set.sampling,
+                    context_set.context_id,
+                    context_set.context_size,
+                    context_set.embedding_dim,
+                    records.encode_embeddings(context_set.embeddings),
+                    records.encode_documents(context_set.documents),
+                ),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return revision
+
+    async def get_context_set(self, name: str, *, with_documents: bool = False) -> StoredContextSet:
+        """The set with embeddings (and documents if asked); `NotFoundError` if absent."""
+        return await self._run(self._get, name, with_documents)
+
+    def _get(self, name: str, with_documents: bool) -> StoredContextSet:
+        documents_column = "documents" if with_documents else "NULL"
+        row = (
+            self._db()
+            .execute(
+                f"SELECT {_SUMMARY_COLUMNS}, embeddings, {documents_column} "
+                "FROM context_sets WHERE name = ?",
+                (name,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            raise NotFoundError(f'context set "{name}" not found')
+        try:
+            summary = _summary_from_row(row)
+            embeddings = records.decode_embeddings(
+                row[10], summary.context_size, summary.embedding_dim
+            )
+            documents = records.decode_documents(row[11]) if with_documents else ()
+        except (ValueError, KeyError) as exc:
+            raise InternalError(f'stored context set "{name}" is corrupt: {exc}') from exc
+        return records.assemble(summary, embeddings, documents)
+
+    async def get_summary(self, name: str) -> ContextSetSummary:
+        """The set's metadata; `NotFoundError` if absent."""
+        return await self._run(self._get_summary, name)
+
+    def _get_summary(self, name: str) -> ContextSetSummary:
+        row = (
+            self._db()
+            .execute(f"SELECT {_SUMMARY_COLUMNS} FROM context_sets WHERE name = ?", (name,))
+            .fetchone()
+        )
+        if row is None:
+            raise NotFoundError(f'context set "{name}" not found')
+        return _summary_from_row(row)
+
+    async def list_context_sets(self, *, after: str | None, limit: int) -> list[ContextSetSummary]:
+        """Up to `limit` summaries in name order with names greater than `after`."""
+        return await self._run(self._list, after, limit)
+
+    def _list(self, after: str | None, limit: int) -> list[ContextSetSummary]:
+        rows = (
+            self._db()
+            .execute(
+                f"SELECT {_SUMMARY_COLUMNS} FROM context_sets WHERE name > ? ORDER BY name LIMIT ?",
+                (after or "", max(limit, 0)),
+            )
+            .fetchall()
+        )
+        return [_summary_from_row(row) for row in rows]
+
+    async def delete_context_set(self, name: str) -> None:
+        """Delete the set; `NotFoundError` if absent."""
+        await self._run(self._delete, "context_sets", name, "context set")
+
+    def _delete(self, table: str, name: str, kind: str) -> None:
+        cursor = self._db().execute(f"DELETE FROM {table} WHERE name = ?", (name,))
+        if cursor.rowcount == 0:
+            raise NotFoundError(f'{kind} "{name}" not found')
+
+    # -- prompts --------------------------------------------------------------------------
+
+    async def list_prompts(self) -> dict[str, str]:
+        """All custom prompts."""
+        return await self._run(self._list_prompts)
+
+    def _list_prompts(self) -> dict[str, str]:
+        rows = self._db().execute("SELECT name, text FROM prompts ORDER BY name").fetchall()
+        return {name: text for name, text in rows}
+
+    async def get_prompt(self, name: str) -> str:
+        """One custom prompt's text; `NotFoundError` if absent."""
+        return await self._run(self._get_prompt, name)
+
+    def _get_prompt(self, name: str) -> str:
+        row = self._db().execute("SELECT text FROM prompts WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFoundError(f'prompt "{name}" not found')
+        return str(row[0])
+
+    async def put_prompt(self, name: str, text: str) -> None:
+        """Create or replace a custom prompt."""
+        await self._run(self._put_prompt, name, text)
+
+    def _put_prompt(self, name: str, text: str) -> None:
+        self._db().execute(
+            "INSERT INTO prompts (name, text) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET text = excluded.text",
+            (name, text),
+        )
+
+    async def delete_prompt(self, name: str) -> None:
+        """Delete a custom prompt; `NotFoundError` if absent."""
+        await self._run(self._delete, "prompts", name, "prompt")
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """Check that the database answers."""
+        await self._run(lambda: self._db().execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        """Close the connection and stop the worker thread (idempotent)."""
+        if self._closed:
+            return
+        if self._connection is not None:
+            connection = self._connection
+            self._connection = None
+            await asyncio.get_running_loop().run_in_executor(self._executor, connection.close)
+        self._closed = True
+        self._executor.shutdown(wait=False)
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self.path!r})"

@@ -1,0 +1,50 @@
+"""cde_model_info: what the repository serves (name, fingerprint, sizes, dtype, device kind)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from cde_server.triton_models.backend import Inputs, Result
+from cde_server.triton_protocol import INFO, REQUEST
+
+
+class ModelInfoHandler:
+    """Answers every request with the same INFO JSON object."""
+
+    required_inputs = (REQUEST,)
+    optional_inputs: tuple[str, ...] = ()
+
+    def __init__(self, info: Mapping[str, Any]) -> None:
+        self.info = np.array([json.dumps(dict(info)).encode("utf-8")], dtype=np.object_)
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, str]) -> ModelInfoHandler:
+        """Describe parameters["model_path"] as served with parameters["dtype"] on
+        parameters["device_kind"]; the weights are loaded on CPU once, then dropped."""
+        from cde_model import load_model
+
+        dtype = parameters["dtype"]
+        model = load_model(parameters["model_path"], dtype="float32", device="cpu")
+        info = model.info
+        del model
+        return cls(
+            {
+                "name": info.name,
+                "fingerprint": info.fingerprint,
+                "hidden_size": info.hidden_size,
+                "corpus_size": info.corpus_size,
+                "max_tokens": info.max_tokens,
+                "dtype": dtype,
+                "device": parameters["device_kind"],
+            }
+        )
+
+    def run(self, batch: Sequence[Inputs]) -> list[Result]:
+        return [{INFO: self.info} for _ in batch]
+
+    def close(self) -> None:
+        """Nothing to release."""

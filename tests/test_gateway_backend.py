@@ -1,0 +1,108 @@
+"""TritonBackend against the session's Triton: both embed paths, the cache-miss protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from cde_server import triton_protocol
+from cde_server.errors import BackendUnavailableError
+from cde_server.triton_backend import ContextRef, TritonBackend
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+        self.codes: list[str] = []
+
+    def triton_call(self, model: str, seconds: float, code: str) -> None:
+        self.codes.append(code)
+
+    def context_cache(self, hit: bool) -> None:
+        if hit:
+            self.hits += 1
+        else:
+            self.misses += 1
+
+
+async def fresh_context(backend: TritonBackend) -> npt.NDArray[np.float32]:
+    """Dataset embeddings no other test has sent to Triton."""
+    info = await backend.model_info()
+    tag = uuid.uuid4().hex
+    documents = [f"search_document: {tag} document {i}" for i in range(info.corpus_size)]
+    return (await backend.embed_context(documents)).vectors
+
+
+@pytest.mark.parametrize("path", ["direct", "ensemble"])
+def test_cache_miss_protocol(triton_grpc_url: str, path: str) -> None:
+    async def scenario() -> None:
+        observer = Observer()
+        backend = TritonBackend(triton_grpc_url, embed_path=path, observer=observer)
+        try:
+            assert await backend.ready()
+            dataset = await fresh_context(backend)
+            loads = 0
+
+            async def load() -> npt.NDArray[np.float32]:
+                nonlocal loads
+                loads += 1
+                await asyncio.sleep(0.01)
+                return dataset
+
+            context = ContextRef(triton_protocol.context_id(dataset), load)
+            texts = [f"search_query: question {i}" for i in range(150)]  # three chunks
+            first = await backend.embed(texts, context, max_tokens=512)
+            assert loads == 1 and observer.misses >= 1
+            misses = observer.misses
+            second = await backend.embed(texts, context, max_tokens=512)
+            assert loads == 1 and observer.misses == misses and observer.hits >= 3
+            np.testing.assert_allclose(first.vectors, second.vectors, atol=1e-6)
+            assert first.vectors.shape == (150, dataset.shape[1])
+            assert (first.token_counts > 2).all() and not first.truncated.any()
+        finally:
+            await backend.close()
+
+    asyncio.run(scenario())
+
+
+def test_paths_agree(triton_grpc_url: str) -> None:
+    async def scenario() -> None:
+        direct = TritonBackend(triton_grpc_url, embed_path="direct")
+        ensemble = TritonBackend(triton_grpc_url, embed_path="ensemble")
+        try:
+            dataset = await fresh_context(direct)
+
+            async def load() -> npt.NDArray[np.float32]:
+                return dataset
+
+            context = ContextRef(triton_protocol.context_id(dataset), load)
+            texts = ["search_document: short", "search_document: " + "longer text " * 40]
+            a = await direct.embed(texts, context, max_tokens=512)
+            b = await ensemble.embed(texts, context, max_tokens=512)
+            np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-5)
+            np.testing.assert_array_equal(a.token_counts, b.token_counts)
+            c = await ensemble.embed_context(texts)
+            d = await direct.embed_context(texts)
+            np.testing.assert_allclose(c.vectors, d.vectors, atol=1e-5)
+        finally:
+            await direct.close()
+            await ensemble.close()
+
+    asyncio.run(scenario())
+
+
+def test_unreachable_triton() -> None:
+    async def scenario() -> None:
+        backend = TritonBackend("127.0.0.1:1", timeout_s=2.0)
+        try:
+            assert not await backend.ready(1.0)
+            with pytest.raises(BackendUnavailableError):
+                await backend.model_info()
+        finally:
+            await backend.close()
+
+    asyncio.run(scenario())
