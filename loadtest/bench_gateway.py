@@ -5,12 +5,12 @@ runs as its own process (`cde serve` with CDE_TRITON_URL). A context set is crea
 gateway; its CONTEXT_ID is then used by both sides. c closed-loop clients each send requests of
 b short queries: to Triton the way the gateway does it (cde_tokenize + cde_second_stage, or the
 cde_embed ensemble with --path ensemble), or as cde.v1 Embed calls to the gateway. Rounds
-alternate (Triton, gateway, Triton, gateway, ...) so drift in machine load hits both sides.
+alternate in ABBA order (T G, G T, T G, ...) so drift in machine load hits both sides alike.
 
 Also measured: decoding an embedding response as raw little-endian bytes (cde.v1 Matrix) vs
 as `repeated float`. Results replace the "## Gateway" section of loadtest/RESULTS.md.
 
-    .venv/bin/python loadtest/bench_gateway.py [--checkpoint .cache/cde-full] [--rounds 2]
+    .venv/bin/python loadtest/bench_gateway.py [--checkpoint .cache/cde-full] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -45,10 +45,38 @@ class Round:
     side: str
     texts: int
     seconds: float
+    gateway_cpu_s: float  # CPU time the gateway process used during the round
+    triton_cpu_s: float  # CPU time of tritonserver and its stubs during the round
 
     @property
     def tps(self) -> float:
         return self.texts / self.seconds
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Whose CPU time to account: the gateway process and Triton's process group."""
+
+    gateway_pid: int
+    triton_pgid: int
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """(gateway, Triton) user+system CPU seconds so far."""
+        from cde_server.launcher import process_group_members
+
+        return _cpu([self.gateway_pid]), _cpu(process_group_members(self.triton_pgid))
+
+
+def _cpu(pids: Sequence[int]) -> float:
+    ticks = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def make_queries(count: int, seed: int) -> list[str]:
@@ -86,7 +114,7 @@ class TritonSide:
         async def never() -> npt.NDArray[np.float32]:
             raise AssertionError("the context should be cached in Triton")
 
-        self.backend = TritonBackend(url, embed_path=path)
+        self.backend = TritonBackend(url, embed_path=path, timeout_s=3600.0)
         self.context = ContextRef(context_id, never)
 
     async def send(self, texts: list[str]) -> int:
@@ -225,7 +253,7 @@ def machine_load() -> str:
 
 
 async def run_rounds(
-    triton: TritonSide, gateway: GatewaySide, args: argparse.Namespace
+    triton: TritonSide, gateway: GatewaySide, processes: Processes, args: argparse.Namespace
 ) -> list[Round]:
     """Alternating measured rounds on fresh queries; warm-up first."""
     await gateway.send(make_queries(args.batch, 1001))  # primes Triton's context cache
@@ -234,12 +262,23 @@ async def run_rounds(
     rounds = []
     sides: list[tuple[str, TritonSide | GatewaySide]] = [("triton", triton), ("gateway", gateway)]
     for index in range(args.rounds):
-        for side_index, (name, side) in enumerate(sides):
-            seed = 10 * index + side_index
+        order = sides if index % 2 == 0 else sides[::-1]  # ABBA: drift hits both sides alike
+        for name, side in order:
+            seed = 10 * index + (0 if name == "triton" else 1)
             queries = make_queries(args.requests * args.batch, seed)
             requests = [queries[i : i + args.batch] for i in range(0, len(queries), args.batch)]
+            gateway_cpu0, triton_cpu0 = processes.cpu_seconds()
             seconds = await closed_loop(requests, args.concurrency, side.send)
-            rounds.append(Round(name, len(queries), seconds))
+            gateway_cpu1, triton_cpu1 = processes.cpu_seconds()
+            rounds.append(
+                Round(
+                    name,
+                    len(queries),
+                    seconds,
+                    gateway_cpu1 - gateway_cpu0,
+                    triton_cpu1 - triton_cpu0,
+                )
+            )
             print(f"round {index} {name:8s} {rounds[-1].tps:8.3f} texts/s ({seconds:.1f} s)")
     return rounds
 
@@ -252,7 +291,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="closed-loop clients")
     parser.add_argument("--batch", type=int, default=4, help="texts per request")
     parser.add_argument("--requests", type=int, default=8, help="requests per round")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds per side")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per side")
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     args = parser.parse_args()
 
@@ -290,7 +329,8 @@ def main() -> int:
                 triton = TritonSide(triton_process.grpc_url, context_id, args.path)
                 gateway = GatewaySide(address, "bench")
                 try:
-                    return await run_rounds(triton, gateway, args), set_seconds
+                    processes = Processes(gateway_process.pid, triton_process.pid or 0)
+                    return await run_rounds(triton, gateway, processes, args), set_seconds
                 finally:
                     await triton.backend.close()
                     await gateway.channel.close()
@@ -301,29 +341,43 @@ def main() -> int:
             gateway_process.wait(30)
     total_s = time.perf_counter() - started
 
-    triton_tps = float(np.mean([r.tps for r in rounds if r.side == "triton"]))
-    gateway_tps = float(np.mean([r.tps for r in rounds if r.side == "gateway"]))
+    triton_tps = float(np.median([r.tps for r in rounds if r.side == "triton"]))
+    gateway_tps = float(np.median([r.tps for r in rounds if r.side == "gateway"]))
     overhead = 1.0 - gateway_tps / triton_tps
-    print(f"gateway overhead {overhead:+.1%} (target <= 5%)")
+    gateway_rounds = [r for r in rounds if r.side == "gateway"]
+    gateway_cpu = sum(r.gateway_cpu_s for r in gateway_rounds)
+    triton_cpu = sum(r.triton_cpu_s for r in gateway_rounds)
+    cpu_share = gateway_cpu / (gateway_cpu + triton_cpu)
+    gateway_texts = sum(r.texts for r in gateway_rounds)
+    print(f"gateway overhead {overhead:+.1%} (target <= 5%); CPU share {cpu_share:.2%}")
     lines = [
         "## Gateway",
         "",
         f"`loadtest/bench_gateway.py` on {datetime.now(UTC):%Y-%m-%d}: full-size random "
         f"checkpoint, {args.dtype}, CPU configs; {args.concurrency} closed-loop clients, "
         f"{args.batch} queries (6-14 words) per request, {args.requests} requests per round, "
-        f"rounds alternating. Triton side: `TritonBackend` ({args.path} path) straight to "
-        "Triton; gateway side: cde.v1 `Embed` to a separate `cde serve` process on the same "
-        "Triton and context (a set of 512 sampled from 600 documents).",
+        f"rounds alternating in ABBA order. Triton side: `TritonBackend` ({args.path} path) "
+        "straight to Triton; gateway side: cde.v1 `Embed` to a separate `cde serve` process on "
+        "the same Triton and context (a set of 512 sampled from 600 documents).",
         "",
-        "| round | side | texts | seconds | texts/s |",
-        "|---:|---|---:|---:|---:|",
+        "| round | side | texts | seconds | texts/s | gateway CPU s | Triton CPU s |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for index, r in enumerate(rounds):
-        lines.append(f"| {index // 2} | {r.side} | {r.texts} | {r.seconds:.1f} | {r.tps:.3f} |")
+        lines.append(
+            f"| {index // 2} | {r.side} | {r.texts} | {r.seconds:.1f} | {r.tps:.3f} | "
+            f"{r.gateway_cpu_s:.2f} | {r.triton_cpu_s:.1f} |"
+        )
     lines += [
         "",
         f"**Gateway overhead at saturation: {overhead:+.1%}** (1 - gateway/Triton texts/s, "
-        f"means over rounds: {gateway_tps:.3f} vs {triton_tps:.3f}; target <= 5%).",
+        f"medians over rounds: {gateway_tps:.3f} vs {triton_tps:.3f}; target <= 5%).",
+        "",
+        f"Load-independent view: in the gateway rounds the gateway process used "
+        f"{gateway_cpu:.2f} CPU s ({gateway_cpu / gateway_texts * 1000:.1f} ms per text) against "
+        f"Triton's {triton_cpu:.0f} CPU s, i.e. **{cpu_share:.2%} of the serving CPU time**; "
+        "on a CPU-bound host that share bounds the throughput the gateway can take away. "
+        "Wall-clock rounds swing with other load on the machine.",
         "",
         f"Response decoding, 64 x 768 float32 (parse + to numpy, mean of 200): raw bytes "
         f"(`Matrix`) {raw_us:.0f} us vs `repeated float` {repeated_us:.0f} us "

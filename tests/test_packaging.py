@@ -8,7 +8,10 @@ import sys
 
 def test_cde_help_lists_commands() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "cde_server.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "cde_server.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "usage: cde" in result.stdout
 

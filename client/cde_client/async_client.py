@@ -37,12 +37,13 @@ class AsyncCdeClient(ClientBase):
     """Asyncio client of the cde-serve gateway; one gRPC channel per client.
 
     Use it as an async context manager, or `await close()`. The channel is opened on the
-    first call, in the running event loop; use the client from that loop only. Failed
-    calls raise `CdeError` subclasses (`cde_client.errors`).
+    first call, in the running event loop (a client used from another loop later opens a
+    new channel there). Failed calls raise `CdeError` subclasses (`cde_client.errors`).
     """
 
     def _connect(self) -> None:
         self._channel: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._methods: dict[str, Any] = {}
 
     async def close(self) -> None:
@@ -66,8 +67,13 @@ class AsyncCdeClient(ClientBase):
     # --- transport ------------------------------------------------------------------------
 
     def _method(self, rpc: Rpc[Any, Any]) -> Any:
-        if self._channel is None:
+        loop = asyncio.get_running_loop()
+        if self._channel is None or self._loop is not loop:
+            # A grpc.aio channel belongs to the loop it was made in: a client reused from
+            # another loop (say, a second asyncio.run) gets a fresh channel.
             self._channel = self._core.open_channel(grpc.aio)
+            self._loop = loop
+            self._methods.clear()
         method = self._methods.get(rpc.path)
         if method is None:
             method = getattr(self._channel, rpc.kind.value)(

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-
 ROW_CHUNK = 256  # rows per MLP chunk: its [rows, 2I] intermediate stays in L2/L3 cache
 
 

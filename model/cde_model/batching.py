@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
+
+from cde_model.interface import TokenArray
 
 
 @dataclass(frozen=True)
@@ -20,8 +21,8 @@ class TokenBatch:
     @classmethod
     def from_inputs(
         cls,
-        input_ids: torch.Tensor | np.ndarray,
-        attention_mask: torch.Tensor | np.ndarray,
+        input_ids: TokenArray,
+        attention_mask: TokenArray,
         vocab_size: int,
         max_tokens: int,
     ) -> TokenBatch:
@@ -53,7 +54,9 @@ class TokenBatch:
             mask = mask.gather(1, order)
         return cls(ids, mask, lengths)
 
-    def packs(self, token_budget: int, rows_per_item: int = 0) -> Iterator[tuple[torch.Tensor, int]]:
+    def packs(
+        self, token_budget: int, rows_per_item: int = 0
+    ) -> Iterator[tuple[torch.Tensor, int]]:
         """(row indices, trimmed length) per forward pass, longest rows first.
 
         A pass holds as many rows as fit `token_budget`, counting each row as its pack's longest

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
@@ -146,13 +148,13 @@ class CDEModel(EmbeddingModel):
     # ----------------------------------------------------------------------------- context
 
     @torch.inference_mode()
-    def prepare_context(self, dataset_embeddings: torch.Tensor | np.ndarray) -> CDEContext:
+    def prepare_context(
+        self, dataset_embeddings: torch.Tensor | npt.NDArray[np.floating[Any]]
+    ) -> CDEContext:
         rows = torch.as_tensor(dataset_embeddings)
         corpus_size, hidden = self.info.corpus_size, self.info.hidden_size
         if rows.dim() != 2 or rows.shape[1] != hidden:
-            raise ValueError(
-                f"dataset embeddings must be [rows, {hidden}], got {list(rows.shape)}"
-            )
+            raise ValueError(f"dataset embeddings must be [rows, {hidden}], got {list(rows.shape)}")
         if rows.shape[0] < corpus_size:
             raise ValueError(
                 f"the model needs {corpus_size} dataset embeddings, got {rows.shape[0]}"

@@ -114,7 +114,9 @@ def fingerprint(files: list[Path]) -> str:
     return combined.hexdigest()
 
 
-def _word_embedding_names(config: CDEConfig, tensors: Mapping[str, torch.Tensor]) -> tuple[str, str]:
+def _word_embedding_names(
+    config: CDEConfig, tensors: Mapping[str, torch.Tensor]
+) -> tuple[str, str]:
     first = f"{FIRST_STAGE}.embeddings.word_embeddings.weight"
     second = f"{SECOND_STAGE}.embeddings.word_embeddings.weight"
     if config.tie_token_embeddings:
@@ -130,7 +132,9 @@ def _sizes(tensors: Mapping[str, torch.Tensor], word_embeddings: str, source: st
         if name not in tensors:
             raise ValueError(f"{source}: missing tensor {name}")
         if tensors[name].dim() != 2:
-            raise ValueError(f"{source}: tensor {name} must be 2-D, has shape {_fmt(tensors[name])}")
+            raise ValueError(
+                f"{source}: tensor {name} must be 2-D, has shape {_fmt(tensors[name])}"
+            )
     vocab, hidden = tensors[word_embeddings].shape
     return _Sizes(hidden=hidden, vocab=vocab, inner=tensors[fc11].shape[0])
 
@@ -143,8 +147,14 @@ def _expected_shapes(
         raise ValueError(
             f"hidden size {hidden} does not split into {config.num_heads} heads of even size"
         )
-    expected: dict[str, Shape] = {first_words: (sizes.vocab, hidden), second_words: (sizes.vocab, hidden)}
-    for prefix, num_layers in ((FIRST_STAGE, config.first_stage_layers), (SECOND_STAGE, config.second_stage_layers)):
+    expected: dict[str, Shape] = {
+        first_words: (sizes.vocab, hidden),
+        second_words: (sizes.vocab, hidden),
+    }
+    for prefix, num_layers in (
+        (FIRST_STAGE, config.first_stage_layers),
+        (SECOND_STAGE, config.second_stage_layers),
+    ):
         expected[f"{prefix}.embeddings.token_type_embeddings.weight"] = (2, hidden)
         expected[f"{prefix}.emb_ln.weight"] = (hidden,)
         expected[f"{prefix}.emb_ln.bias"] = (hidden,)

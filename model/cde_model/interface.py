@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from cde_model.tokenizer import TextTokenizer
 
-TokenArray = torch.Tensor | np.ndarray
+IntArray = npt.NDArray[np.int64]
+TokenArray = torch.Tensor | npt.NDArray[np.integer[Any]] | npt.NDArray[np.bool_]
+FloatArray = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,9 @@ class EmbeddingModel(ABC):
         """One unnormalized dataset embedding per row: float32 [B, hidden] on CPU."""
 
     @abstractmethod
-    def prepare_context(self, dataset_embeddings: torch.Tensor | np.ndarray) -> PreparedContext:
+    def prepare_context(
+        self, dataset_embeddings: torch.Tensor | npt.NDArray[np.floating[Any]]
+    ) -> PreparedContext:
         """Precompute what depends only on the context from its first N dataset embeddings."""
 
     @abstractmethod

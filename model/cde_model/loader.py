@@ -27,6 +27,4 @@ def load_model(
         return DemoModel.load(dtype=dtype, device=device, token_budget=token_budget)
     from cde_model.cde import CDEModel
 
-    return CDEModel.load(
-        Path(path_or_demo), dtype=dtype, device=device, token_budget=token_budget
-    )
+    return CDEModel.load(Path(path_or_demo), dtype=dtype, device=device, token_budget=token_budget)

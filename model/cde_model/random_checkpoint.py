@@ -14,7 +14,12 @@ from cde_model.checkpoint import FIRST_STAGE, NUM_PROMPT_ROWS, SECOND_STAGE
 from cde_model.config import NOMIC_BERT_2048
 from cde_model.tokenizer import bundled_vocabulary_dir
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 WEIGHT_STD = 0.02  # small weights keep activations and outputs well-conditioned
 
 
@@ -37,17 +42,24 @@ SHAPES: dict[str, CheckpointShape] = {
 }
 
 
-def write_random_checkpoint(directory: Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Write config.json, model.safetensors and tokenizer files into `directory`."""
+def write_random_checkpoint(
+    directory: Path, size: str | CheckpointShape = "tiny", seed: int = 0, std: float = WEIGHT_STD
+) -> Path:
+    """Write config.json, model.safetensors and tokenizer files into `directory`.
+
+    size: "tiny", "full" or any CheckpointShape; std: of the normal weight init.
+    """
     from safetensors.torch import save_file
 
-    if size not in SHAPES:
+    if isinstance(size, str) and size not in SHAPES:
         raise ValueError(f"unknown checkpoint size {size!r} (use {', '.join(SHAPES)})")
-    shape = SHAPES[size]
+    shape = SHAPES[size] if isinstance(size, str) else size
     directory.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
-    tensors = _random_tensors(shape, generator)
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    tensors = _random_tensors(shape, generator, std)
+    weights_path = directory / "model.safetensors"
+    save_file(tensors, str(weights_path), metadata={"format": "pt"})
+    weights_path.chmod(0o644)  # safetensors creates it owner-only; checkpoints are shared
     config_text = json.dumps(_config(shape), indent=2) + "\n"
     (directory / "config.json").write_text(config_text, encoding="utf-8")
     for name in TOKENIZER_FILES:
@@ -88,11 +100,13 @@ def _config(shape: CheckpointShape) -> dict[str, Any]:
     return config
 
 
-def _random_tensors(shape: CheckpointShape, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def _random_tensors(
+    shape: CheckpointShape, generator: torch.Generator, std: float
+) -> dict[str, torch.Tensor]:
     hidden, inner = shape.hidden, shape.inner
 
     def normal(*size: int) -> torch.Tensor:
-        return torch.randn(*size, generator=generator) * WEIGHT_STD
+        return torch.randn(*size, generator=generator) * std
 
     def norm_pair(name: str) -> dict[str, torch.Tensor]:
         return {f"{name}.weight": 1.0 + normal(hidden), f"{name}.bias": normal(hidden)}

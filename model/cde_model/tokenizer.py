@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 PAD_TOKEN = "[PAD]"
@@ -67,7 +68,7 @@ class TextTokenizer:
                 return cls(bert_wordpiece(vocab_txt), max_tokens), vocab_txt
         raise FileNotFoundError(f"no tokenizer.json or vocab.txt in {directory} or the fallback")
 
-    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """`input_ids`, `attention_mask`: int64 [B, L], padded to the longest row."""
         if not texts:
             empty = np.zeros((0, 0), dtype=np.int64)

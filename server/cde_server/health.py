@@ -69,13 +69,14 @@ class HealthMonitor:
             await asyncio.wait_for(self._store.ping(), _CHECK_TIMEOUT_S)
         except (CdeError, TimeoutError) as exc:
             problems.append(f"store: {exc or 'no answer'}")
-        try:
-            if not await self._backend.ready(_CHECK_TIMEOUT_S):
-                problems.append(f"Triton at {self._backend.url} is not ready")
-            else:
+        if not await self._backend.ready(_CHECK_TIMEOUT_S):
+            problems.append(f"Triton at {self._backend.url} is not ready")
+        else:
+            try:  # a busy Triton may answer slowly: known model information is good enough
                 await asyncio.wait_for(self._model.refresh(), _CHECK_TIMEOUT_S)
-        except (CdeError, TimeoutError) as exc:
-            problems.append(f"Triton: {exc or 'no answer'}")
+            except (CdeError, TimeoutError) as exc:
+                if self._model.cached_info is None:
+                    problems.append(f"Triton: {exc or 'no answer'}")
         if problems and self.serving:
             logger.warning("NOT_SERVING: %s", "; ".join(problems))
         elif not problems and not self.serving:

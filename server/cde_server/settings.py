@@ -32,48 +32,60 @@ def default_store_url() -> str:
 class GatewaySettings(BaseSettings):
     """Everything the gateway process needs: addresses, store, Triton, limits, logging."""
 
-    model_config = SettingsConfigDict(env_prefix="CDE_", extra="ignore", env_parse_none_str="none")
+    model_config = SettingsConfigDict(env_prefix="CDE_", extra="ignore")
 
     model: str = Field(
-        "demo", description='checkpoint directory for the embedded Triton, or "demo"'
+        default="demo", description='checkpoint directory for the embedded Triton, or "demo"'
     )
-    dtype: Dtype = Field("float32", description="weights dtype for the embedded Triton")
-    host: str = Field("127.0.0.1", description="address the gateway listens on")
-    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0: pick a free one)")
+    dtype: Dtype = Field(default="float32", description="weights dtype for the embedded Triton")
+    host: str = Field(default="127.0.0.1", description="address the gateway listens on")
+    port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0: pick a free one)")
     store: str = Field(default_factory=default_store_url, description="sqlite:///path or redis://")
     triton_url: str | None = Field(
-        None, description="host:port of an external Triton (gRPC); unset: start the embedded one"
+        default=None,
+        description="host:port of an external Triton (gRPC); unset: start the embedded one",
     )
-    triton_timeout_s: float = Field(60.0, gt=0, description="upper bound of one Triton call")
+    triton_timeout_s: float = Field(
+        default=60.0, gt=0, description="upper bound of one Triton call"
+    )
     embed_path: EmbedPath = Field(
-        "direct", description="ensemble: cde_embed; direct: cde_tokenize then cde_second_stage"
+        default="direct",
+        description="ensemble: cde_embed; direct: cde_tokenize then cde_second_stage",
     )
     metrics_port: int | None = Field(
-        9464, ge=0, le=65535, description="Prometheus /metrics HTTP port (unset: disabled)"
+        default=9464, ge=0, le=65535, description="Prometheus /metrics HTTP port (off: disabled)"
     )
-    log_level: LogLevel = Field("INFO", description="log level of the JSON logs on stderr")
-    health_interval_s: float = Field(5.0, gt=0, description="period of the Triton/store check")
-    shutdown_grace_s: float = Field(10.0, ge=0, description="time in-flight calls get on stop")
+    log_level: LogLevel = Field(default="INFO", description="log level of the JSON logs on stderr")
+    health_interval_s: float = Field(
+        default=5.0, gt=0, description="period of the Triton/store check"
+    )
+    shutdown_grace_s: float = Field(
+        default=10.0, ge=0, description="time in-flight calls get on stop"
+    )
 
-    max_texts_per_request: int = Field(256, ge=1, description="texts in one Embed request")
-    max_text_bytes: int = Field(65536, ge=1, description="UTF-8 bytes per text or document")
+    max_texts_per_request: int = Field(default=256, ge=1, description="texts in one Embed request")
+    max_text_bytes: int = Field(default=65536, ge=1, description="UTF-8 bytes per text or document")
     max_message_bytes: int = Field(
-        32 * 1024 * 1024, ge=1024 * 1024, description="largest gRPC message in or out"
+        default=32 * 1024 * 1024, ge=1024 * 1024, description="largest gRPC message in or out"
     )
     max_context_documents: int = Field(
-        16384, ge=1, description="source documents in one CreateContextSet"
+        default=16384, ge=1, description="source documents in one CreateContextSet"
     )
     max_concurrent_streams: int = Field(
-        64, ge=1, description="EmbedStream/CreateContextSet calls open at once (server-wide)"
+        default=64,
+        ge=1,
+        description="EmbedStream/CreateContextSet calls open at once (server-wide)",
     )
     stream_max_in_flight: int = Field(
-        8, ge=1, description="items of one EmbedStream processed concurrently (flow control)"
+        default=8,
+        ge=1,
+        description="items of one EmbedStream processed concurrently (flow control)",
     )
 
     @field_validator("metrics_port", mode="before")
     @classmethod
     def _metrics_off(cls, value: object) -> object:
-        """ "" or "none"/"off" disables the metrics endpoint."""
+        """Disable the metrics endpoint for "", "none" or "off"."""
         if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
             return None
         return value

@@ -145,13 +145,11 @@ class TritonBackend:
         self._observer: BackendObserver = observer if observer is not None else _NullObserver()
         self._client = triton_aio.InferenceServerClient(
             url,
+            # No keepalive pings: Triton answers pings more frequent than every 5 minutes
+            # with GOAWAY "too_many_pings", which kills calls in flight.
             channel_args=[
                 ("grpc.max_send_message_length", -1),
                 ("grpc.max_receive_message_length", -1),
-                ("grpc.keepalive_time_ms", 10_000),
-                ("grpc.keepalive_timeout_ms", 5_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.max_pings_without_data", 0),
             ],
         )
         self._priming: dict[str, asyncio.Future[None]] = {}
@@ -163,7 +161,9 @@ class TritonBackend:
     # --- health and model information --------------------------------------------------
     async def ready(self, timeout_s: float = 2.0) -> bool:
         """Whether Triton answers and every model the gateway uses is ready."""
-        models = (*self._embed_models(), *self._context_models(), tp.MODEL_INFO_MODEL)
+        models = dict.fromkeys(
+            (*self._embed_models(), *self._context_models(), tp.MODEL_INFO_MODEL)
+        )
         try:
             if not await self._client.is_server_ready(client_timeout=timeout_s):
                 return False
@@ -461,7 +461,7 @@ def _load_once(load: DatasetLoader) -> DatasetLoader:
 
 
 def _status_name(exc: InferenceServerException) -> str:
-    """ "UNAVAILABLE" from tritonclient's "StatusCode.UNAVAILABLE"."""
+    """The status name (UNAVAILABLE) of tritonclient's "StatusCode.UNAVAILABLE"."""
     status = str(exc.status() or "UNKNOWN")
     return status.rsplit(".", 1)[-1]
 

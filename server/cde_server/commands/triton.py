@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         type=int,
         help="per second-stage instance (CDE_CONTEXT_CACHE_BYTES)",
     )
+    parser.add_argument(
+        "--token-budget", type=int, help="positions per forward pass, 0: default (CDE_TOKEN_BUDGET)"
+    )
     parser.add_argument("--log-verbose", type=int, help="Triton's verbose level (0: off)")
     parser.set_defaults(func=run)
 
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         "triton_bind_address": args.bind,
         "triton_model_repository": args.model_repository,
         "context_cache_bytes": args.context_cache_bytes,
+        "token_budget": args.token_budget,
         "triton_log_verbose": args.log_verbose,
     }
     try:
