@@ -2,15 +2,18 @@
 
 A full-size random checkpoint (created if missing) is served by the embedded Triton; a gateway
 runs as its own process (`cde serve` with CDE_TRITON_URL). A context set is created through the
-gateway; its CONTEXT_ID is then used by both sides. c closed-loop clients each send requests of
-b short queries: to Triton the way the gateway does it (cde_tokenize + cde_second_stage, or the
-cde_embed ensemble with --path ensemble), or as cde.v1 Embed calls to the gateway. Rounds
-alternate in ABBA order (T G, G T, T G, ...) so drift in machine load hits both sides alike.
+gateway; its CONTEXT_ID is then used by both sides. In each round both sides run *at the same
+time* for a fixed duration, c closed-loop clients each, every request carrying b short queries:
+one side sends them to Triton the way the gateway does (cde_tokenize + cde_second_stage, or the
+cde_embed ensemble with --path ensemble), the other as cde.v1 Embed calls to the gateway. Both
+share Triton's queue, so each side's throughput is set by its own request latency, and other load
+on the machine hits both alike. Texts of requests cut by the round's end count in proportion to
+their time inside the round. The CPU time of the gateway process vs Triton's is reported too.
 
 Also measured: decoding an embedding response as raw little-endian bytes (cde.v1 Matrix) vs
 as `repeated float`. Results replace the "## Gateway" section of loadtest/RESULTS.md.
 
-    .venv/bin/python loadtest/bench_gateway.py [--checkpoint .cache/cde-full] [--rounds 4]
+    .venv/bin/python loadtest/bench_gateway.py [--checkpoint .cache/cde-full] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -42,15 +45,16 @@ QUERY_PREFIX = "search_query: "
 
 @dataclass(frozen=True)
 class Round:
-    side: str
-    texts: int
     seconds: float
+    triton_texts: float  # texts credited to the round (partial requests in proportion)
+    gateway_texts: float
     gateway_cpu_s: float  # CPU time the gateway process used during the round
     triton_cpu_s: float  # CPU time of tritonserver and its stubs during the round
 
     @property
-    def tps(self) -> float:
-        return self.texts / self.seconds
+    def ratio(self) -> float:
+        """Gateway texts/s over Triton-direct texts/s."""
+        return self.gateway_texts / self.triton_texts
 
 
 @dataclass(frozen=True)
@@ -85,24 +89,35 @@ def make_queries(count: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(WORDS, size=int(rng.integers(6, 15)))) for _ in range(count)]
 
 
-async def closed_loop(
-    requests: Sequence[list[str]], concurrency: int, send: Callable[[list[str]], Awaitable[int]]
+async def timed_loop(
+    seconds: float,
+    concurrency: int,
+    batch: int,
+    seed: int,
+    send: Callable[[list[str]], Awaitable[int]],
 ) -> float:
-    """Seconds for `concurrency` workers to send every request; checks the rows returned."""
-    queue: asyncio.Queue[list[str]] = asyncio.Queue()
-    for request in requests:
-        queue.put_nowait(request)
+    """Texts done by `concurrency` closed-loop clients within `seconds` from now; a request cut
+    by the end counts for the part of its duration inside the window."""
+    started = time.perf_counter()
+    end = started + seconds
+    credited = 0.0
 
-    async def worker() -> None:
-        while not queue.empty():
-            texts = queue.get_nowait()
+    async def client(index: int) -> None:
+        nonlocal credited
+        request = 0
+        while time.perf_counter() < end:
+            texts = make_queries(batch, seed * 100_000 + index * 1000 + request)
+            request += 1
+            sent = time.perf_counter()
             rows = await send(texts)
             if rows != len(texts):
                 raise AssertionError(f"{rows} rows for {len(texts)} texts")
+            done = time.perf_counter()
+            inside = (min(done, end) - sent) / max(done - sent, 1e-9)
+            credited += len(texts) * inside
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - started
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    return credited
 
 
 class TritonSide:
@@ -145,13 +160,6 @@ class GatewaySide:
         matrix = np.frombuffer(response.embeddings.data, dtype="<f4")
         return int(matrix.reshape(response.embeddings.rows, response.embeddings.dim).shape[0])
 
-    async def send_default(self, texts: list[str]) -> int:
-        """One Embed with the built-in default context (computed on first use)."""
-        from cde.v1 import embedding_service_pb2 as pb
-
-        response = await self.stub.Embed(pb.EmbedRequest(texts=texts))
-        return int(response.embeddings.rows)
-
 
 def start_gateway(triton_url: str, store: Path, path: str) -> tuple[subprocess.Popen[str], str]:
     """`cde serve` against Triton; returns the process and its address once it is ready."""
@@ -167,6 +175,7 @@ def start_gateway(triton_url: str, store: Path, path: str) -> tuple[subprocess.P
         CDE_EMBED_PATH=path,
         CDE_LOG_LEVEL="WARNING",
         CDE_TRITON_TIMEOUT_S="3600",
+        CDE_WARM_UP_DEFAULT_CONTEXT="false",
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "cde_server.cli", "serve"],
@@ -255,31 +264,32 @@ def machine_load() -> str:
 async def run_rounds(
     triton: TritonSide, gateway: GatewaySide, processes: Processes, args: argparse.Namespace
 ) -> list[Round]:
-    """Alternating measured rounds on fresh queries; warm-up first."""
+    """Concurrent rounds (both sides at once) after a warm-up of each side."""
     await gateway.send(make_queries(args.batch, 1001))  # primes Triton's context cache
     await triton.send(make_queries(args.batch, 1000))
-    await gateway.send_default(make_queries(1, 1002))  # waits for the default context too
     rounds = []
-    sides: list[tuple[str, TritonSide | GatewaySide]] = [("triton", triton), ("gateway", gateway)]
     for index in range(args.rounds):
-        order = sides if index % 2 == 0 else sides[::-1]  # ABBA: drift hits both sides alike
-        for name, side in order:
-            seed = 10 * index + (0 if name == "triton" else 1)
-            queries = make_queries(args.requests * args.batch, seed)
-            requests = [queries[i : i + args.batch] for i in range(0, len(queries), args.batch)]
-            gateway_cpu0, triton_cpu0 = processes.cpu_seconds()
-            seconds = await closed_loop(requests, args.concurrency, side.send)
-            gateway_cpu1, triton_cpu1 = processes.cpu_seconds()
-            rounds.append(
-                Round(
-                    name,
-                    len(queries),
-                    seconds,
-                    gateway_cpu1 - gateway_cpu0,
-                    triton_cpu1 - triton_cpu0,
-                )
+        gateway_cpu0, triton_cpu0 = processes.cpu_seconds()
+        triton_texts, gateway_texts = await asyncio.gather(
+            timed_loop(args.seconds, args.concurrency, args.batch, 2 * index, triton.send),
+            timed_loop(args.seconds, args.concurrency, args.batch, 2 * index + 1, gateway.send),
+        )
+        gateway_cpu1, triton_cpu1 = processes.cpu_seconds()
+        rounds.append(
+            Round(
+                args.seconds,
+                triton_texts,
+                gateway_texts,
+                gateway_cpu1 - gateway_cpu0,
+                triton_cpu1 - triton_cpu0,
             )
-            print(f"round {index} {name:8s} {rounds[-1].tps:8.3f} texts/s ({seconds:.1f} s)")
+        )
+        r = rounds[-1]
+        print(
+            f"round {index}: Triton {r.triton_texts / r.seconds:.3f} texts/s, gateway "
+            f"{r.gateway_texts / r.seconds:.3f} texts/s, ratio {r.ratio:.3f}",
+            flush=True,
+        )
     return rounds
 
 
@@ -288,10 +298,10 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path, default=REPO / ".cache" / "cde-full")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--path", choices=["direct", "ensemble"], default="direct")
-    parser.add_argument("--concurrency", type=int, default=8, help="closed-loop clients")
+    parser.add_argument("--concurrency", type=int, default=4, help="clients per side")
     parser.add_argument("--batch", type=int, default=4, help="texts per request")
-    parser.add_argument("--requests", type=int, default=8, help="requests per round")
-    parser.add_argument("--rounds", type=int, default=4, help="rounds per side")
+    parser.add_argument("--seconds", type=float, default=120.0, help="length of a round")
+    parser.add_argument("--rounds", type=int, default=3, help="concurrent rounds")
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     args = parser.parse_args()
 
@@ -325,7 +335,7 @@ def main() -> int:
                 set_started = time.perf_counter()
                 context_id = await create_context_set(address, "bench", documents)
                 set_seconds = time.perf_counter() - set_started
-                print(f"context set of 512 from 600 documents in {set_seconds:.1f} s")
+                print(f"context set from 600 documents in {set_seconds:.1f} s", flush=True)
                 triton = TritonSide(triton_process.grpc_url, context_id, args.path)
                 gateway = GatewaySide(address, "bench")
                 try:
@@ -341,43 +351,40 @@ def main() -> int:
             gateway_process.wait(30)
     total_s = time.perf_counter() - started
 
-    triton_tps = float(np.median([r.tps for r in rounds if r.side == "triton"]))
-    gateway_tps = float(np.median([r.tps for r in rounds if r.side == "gateway"]))
-    overhead = 1.0 - gateway_tps / triton_tps
-    gateway_rounds = [r for r in rounds if r.side == "gateway"]
-    gateway_cpu = sum(r.gateway_cpu_s for r in gateway_rounds)
-    triton_cpu = sum(r.triton_cpu_s for r in gateway_rounds)
+    triton_total = sum(r.triton_texts for r in rounds)
+    gateway_total = sum(r.gateway_texts for r in rounds)
+    overhead = 1.0 - gateway_total / triton_total
+    gateway_cpu = sum(r.gateway_cpu_s for r in rounds)
+    triton_cpu = sum(r.triton_cpu_s for r in rounds)
     cpu_share = gateway_cpu / (gateway_cpu + triton_cpu)
-    gateway_texts = sum(r.texts for r in gateway_rounds)
-    print(f"gateway overhead {overhead:+.1%} (target <= 5%); CPU share {cpu_share:.2%}")
+    print(f"gateway overhead {overhead:+.1%} (target <= 5%); gateway CPU share {cpu_share:.2%}")
     lines = [
         "## Gateway",
         "",
         f"`loadtest/bench_gateway.py` on {datetime.now(UTC):%Y-%m-%d}: full-size random "
-        f"checkpoint, {args.dtype}, CPU configs; {args.concurrency} closed-loop clients, "
-        f"{args.batch} queries (6-14 words) per request, {args.requests} requests per round, "
-        f"rounds alternating in ABBA order. Triton side: `TritonBackend` ({args.path} path) "
-        "straight to Triton; gateway side: cde.v1 `Embed` to a separate `cde serve` process on "
-        "the same Triton and context (a set of 512 sampled from 600 documents).",
+        f"checkpoint, {args.dtype}, CPU configs. Each round runs both sides at the same time for "
+        f"{args.seconds:.0f} s, {args.concurrency} closed-loop clients each, {args.batch} queries "
+        f"(6-14 words) per request, on one context (a set of 512 sampled from 600 documents). "
+        f"Triton side: `TritonBackend` ({args.path} path) straight to Triton; gateway side: "
+        "cde.v1 `Embed` to a separate `cde serve` process in front of the same Triton. Running "
+        "both at once makes machine-load swings hit both sides alike.",
         "",
-        "| round | side | texts | seconds | texts/s | gateway CPU s | Triton CPU s |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| round | Triton texts/s | gateway texts/s | gateway / Triton | gateway CPU s | "
+        "Triton CPU s |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for index, r in enumerate(rounds):
         lines.append(
-            f"| {index // 2} | {r.side} | {r.texts} | {r.seconds:.1f} | {r.tps:.3f} | "
-            f"{r.gateway_cpu_s:.2f} | {r.triton_cpu_s:.1f} |"
+            f"| {index} | {r.triton_texts / r.seconds:.3f} | {r.gateway_texts / r.seconds:.3f} | "
+            f"{r.ratio:.3f} | {r.gateway_cpu_s:.2f} | {r.triton_cpu_s:.0f} |"
         )
     lines += [
         "",
-        f"**Gateway overhead at saturation: {overhead:+.1%}** (1 - gateway/Triton texts/s, "
-        f"medians over rounds: {gateway_tps:.3f} vs {triton_tps:.3f}; target <= 5%).",
-        "",
-        f"Load-independent view: in the gateway rounds the gateway process used "
-        f"{gateway_cpu:.2f} CPU s ({gateway_cpu / gateway_texts * 1000:.1f} ms per text) against "
-        f"Triton's {triton_cpu:.0f} CPU s, i.e. **{cpu_share:.2%} of the serving CPU time**; "
-        "on a CPU-bound host that share bounds the throughput the gateway can take away. "
-        "Wall-clock rounds swing with other load on the machine.",
+        f"**Gateway overhead at saturation: {overhead:+.1%}** (1 - gateway/Triton texts over "
+        f"all rounds; target <= 5%). The gateway process used {gateway_cpu:.2f} CPU s "
+        f"({gateway_cpu / gateway_total * 1000:.1f} ms per text) against Triton's "
+        f"{triton_cpu:.0f} CPU s: **{cpu_share:.2%} of the serving CPU time**, the most "
+        "throughput it can take from Triton on a CPU-bound host.",
         "",
         f"Response decoding, 64 x 768 float32 (parse + to numpy, mean of 200): raw bytes "
         f"(`Matrix`) {raw_us:.0f} us vs `repeated float` {repeated_us:.0f} us "

@@ -304,18 +304,21 @@ def overhead(requests_per_client: int) -> list[OverheadRow]:
 
 
 def triton_settings(checkpoint: Path, dtype: str) -> Any:
+    """Embedded Triton on CPU configs and free ports."""
     from cde_server.launcher import free_ports
     from cde_server.triton_settings import TritonSettings
 
     grpc_port, http_port, metrics_port = free_ports(3)
-    return TritonSettings(
-        model=str(checkpoint),
-        dtype=dtype,
-        triton_device="cpu",
-        triton_grpc_port=grpc_port,
-        triton_http_port=http_port,
-        triton_metrics_port=metrics_port,
-        triton_exit_timeout_s=5,
+    return TritonSettings.model_validate(
+        {
+            "model": str(checkpoint),
+            "dtype": dtype,
+            "triton_device": "cpu",
+            "triton_grpc_port": grpc_port,
+            "triton_http_port": http_port,
+            "triton_metrics_port": metrics_port,
+            "triton_exit_timeout_s": 5,
+        }
     )
 
 

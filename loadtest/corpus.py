@@ -146,7 +146,7 @@ def token_count(text: str) -> int:
 
 
 def parse_range(value: str) -> tuple[int, int]:
-    """"200-500" or "8" → (low, high)."""
+    """ "200-500" or "8" → (low, high)."""
     low, _, high = value.partition("-")
     pair = (int(low), int(high or low))
     _check_range(*pair, least=1)

@@ -29,7 +29,7 @@ import itertools
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,11 +128,13 @@ def ensure_shared_context(address: str) -> None:
             client.create_context_set(SETTINGS.context, documents, timeout=600)
 
 
-@events.test_start.add_listener
 def _on_test_start(environment: Environment, **_kwargs: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
         return  # the master (or the local runner) does it once
     ensure_shared_context(SETTINGS.address or environment.host or DEFAULT_ADDRESS)
+
+
+events.test_start.add_listener(_on_test_start)  # type: ignore[no-untyped-call]
 
 
 class CdeUser(User):
@@ -216,16 +218,14 @@ class BulkStreamUser(CdeUser):
         self.report("EmbedStream/bulk", lambda: self.stream(batches))
 
     def stream(self, batches: list[list[str]]) -> int:
-        results: Iterator[EmbedResult] = self.client.embed_stream(
-            batches, prompt="document", context=SETTINGS.context, timeout=SETTINGS.timeout_s
+        results = list(
+            self.client.embed_stream(
+                batches, prompt="document", context=SETTINGS.context, timeout=SETTINGS.timeout_s
+            )
         )
-        received = 0
-        count = 0
-        for count, (batch, result) in enumerate(zip(batches, results, strict=False), start=1):
-            received += checked_size(result, len(batch))
-        if count != len(batches):
-            raise WrongResult(f"{count} stream results for {len(batches)} batches")
-        return received
+        if len(results) != len(batches):
+            raise WrongResult(f"{len(results)} stream results for {len(batches)} batches")
+        return sum(checked_size(r, len(b)) for b, r in zip(batches, results, strict=True))
 
 
 class ContextSetUser(CdeUser):
@@ -240,7 +240,11 @@ class ContextSetUser(CdeUser):
         name = f"{SETTINGS.context}-tmp-{uuid.uuid4().hex[:12]}"
         first = next(_text_numbers)
         documents = corpus.documents(
-            SETTINGS.context_documents, min_tokens=16, max_tokens=48, seed=SETTINGS.seed, start=first
+            SETTINGS.context_documents,
+            min_tokens=16,
+            max_tokens=48,
+            seed=SETTINGS.seed,
+            start=first,
         )
 
         def create() -> int:

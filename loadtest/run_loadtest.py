@@ -14,6 +14,7 @@ made, or the aggregated p99 latency exceeds the budget.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -25,7 +26,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,7 +104,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-@contextmanager
+@contextlib.contextmanager
 def running_gateway(model: str, store_dir: Path, log: Path) -> Iterator[Gateway]:
     """`cde serve` on free loopback ports with a SQLite store in `store_dir`; stopped on exit."""
     from cde_server.launcher import free_ports
@@ -175,10 +175,8 @@ def stop(process: subprocess.Popen[str]) -> None:
             process.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             print("cde serve did not stop in time; killing it", file=sys.stderr)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # whatever of its group is left
-    except ProcessLookupError:
-        pass
     process.wait()
 
 
@@ -255,7 +253,7 @@ def read_stats(path: Path) -> list[StatsRow]:
             max_ms=entry.max_response_time or 0.0,
             rps=entry.total_rps,
         )
-        for entry in sorted(entries, key=lambda e: e.name) + [total]
+        for entry in [*sorted(entries, key=lambda e: e.name), total]
     ]
 
 
@@ -287,15 +285,15 @@ def verdict(rows: Sequence[StatsRow], p99_budget_ms: float) -> list[str]:
     return problems
 
 
-def record(section: str) -> None:
-    """Replace (or append) the load-test section of RESULTS.md."""
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+def replace_section(results: Path, heading: str, section: str) -> None:
+    """Replace the `heading` section of the markdown file `results` (or append it)."""
+    text = results.read_text(encoding="utf-8") if results.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
     if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text).rstrip("\n") + "\n"
+        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text).rstrip("\n") + "\n"
     else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text, encoding="utf-8")
+        text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+    results.write_text(text, encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -331,7 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(summary)
     if args.record:
-        record(
+        replace_section(
+            RESULTS,
+            SECTION,
             "\n".join(
                 [
                     SECTION,
@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     summary,
                     "",
                 ]
-            )
+            ),
         )
     for problem in problems:
         print(f"FAILED: {problem}", file=sys.stderr)

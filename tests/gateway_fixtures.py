@@ -32,6 +32,7 @@ class GatewayThread:
         self.settings = settings
         self.gateway: Gateway | None = None
         self._loop = asyncio.new_event_loop()
+        self._loop.set_exception_handler(_ignore_poller_wakeups)
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
 
@@ -78,6 +79,14 @@ class GatewayThread:
     def channel(self) -> grpc.Channel:
         """A new insecure channel to the gateway (close it after use)."""
         return grpc.insecure_channel(self.address)
+
+
+def _ignore_poller_wakeups(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """grpc.aio wakes every loop of the process on each event; all but one then log a harmless
+    BlockingIOError (grpc/grpc#25364). Tests run a second loop here, so silence exactly that."""
+    if isinstance(context.get("exception"), BlockingIOError):
+        return
+    loop.default_exception_handler(context)
 
 
 def gateway_settings(triton_url: str, store_url: str, **overrides: Any) -> GatewaySettings:

@@ -34,7 +34,7 @@ def tiny_triton_settings(cache_dir: Path, **overrides: object) -> TritonSettings
         "triton_exit_timeout_s": 5,
     }
     values.update(overrides)
-    return TritonSettings(**values)  # type: ignore[arg-type]
+    return TritonSettings.model_validate(values)
 
 
 @pytest.fixture(scope="session")

@@ -107,7 +107,8 @@ class Gateway:
         self._server = server
         if s.metrics_port is not None:
             self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
-        self._warm_up = asyncio.create_task(self.model.warm_up())
+        if s.warm_up_default_context:
+            self._warm_up = asyncio.create_task(self.model.warm_up())
         logger.info(
             "gateway listening on %s (Triton %s, store %s, %s)",
             self.address,

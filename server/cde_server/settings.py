@@ -59,6 +59,9 @@ class GatewaySettings(BaseSettings):
     health_interval_s: float = Field(
         default=5.0, gt=0, description="period of the Triton/store check"
     )
+    warm_up_default_context: bool = Field(
+        default=True, description="embed the built-in default context at start-up, not on first use"
+    )
     shutdown_grace_s: float = Field(
         default=10.0, ge=0, description="time in-flight calls get on stop"
     )

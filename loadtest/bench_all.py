@@ -1,0 +1,619 @@
+"""`make bench`: in-process model vs Triton direct vs gateway + client, side by side, one run.
+
+Two stacks are measured, one after the other, on this machine:
+1. the full-size random checkpoint (created if missing, as the other benches do): the target
+   "full stack >= 0.9 x in-process throughput at saturation", for queries and documents;
+2. the demo model (MiniLM stand-in), where per-request overhead dominates: the target "the full
+   stack at concurrency 32 delivers >= 2 x its concurrency-1 throughput" for short queries.
+
+For each stack: an embedded Triton (`TritonProcess`) and a separate `cde serve` gateway process
+on it (`bench_gateway.start_gateway`); a context set made through the gateway, whose dataset
+embeddings the in-process model and Triton-direct calls use too. For each kind of text
+(queries; documents of a fixed token length, from loadtest/corpus.py) and concurrency c in
+1/8/32, every path embeds the same number of fresh texts, one text per request, closed loop:
+- in-process: `EmbeddingModel.second_stage` in batches of c (`bench_triton.in_process`);
+- Triton direct: c concurrent `TritonBackend.embed` calls, the gateway's own Triton code path;
+- gateway + client: c concurrent `AsyncCdeClient.embed` calls to the gateway.
+The order of the paths rotates from cell to cell, so drift in machine load spreads evenly.
+CPU seconds per text count every process of a path (this process included), which other work
+on a shared machine disturbs less than wall-clock time. Model FLOP/s: FLOPs per text (counted
+by torch's FlopCounterMode on a warm-up forward) x texts/s, over measured `torch.matmul` FLOP/s.
+
+Writes loadtest/reports/bench_all.md and bench_all.png, and replaces the
+"## Full stack (make bench)" section of loadtest/RESULTS.md.
+
+    .venv/bin/python loadtest/bench_all.py [--checkpoint .cache/cde-full] [--skip-demo] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import bench_gateway
+import bench_triton
+import corpus
+import numpy as np
+import numpy.typing as npt
+from run_loadtest import replace_section
+
+LOADTEST = Path(__file__).resolve().parent
+REPO = LOADTEST.parent
+REPORTS = LOADTEST / "reports"
+RESULTS = LOADTEST / "RESULTS.md"
+SECTION = "## Full stack (make bench)"
+CONCURRENCIES = (1, 8, 32)
+PATHS = ("in-process", "triton", "gateway")
+PATH_LABELS = {"in-process": "in-process", "triton": "Triton direct", "gateway": "gateway + client"}
+PREFIXES = {"query": "search_query: ", "document": "search_document: "}
+PLURAL = {"query": "queries", "document": "documents"}
+CONTEXT_SET = "bench-all"
+
+FloatMatrix = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one stack measures: texts per concurrency level for each kind, and text lengths."""
+
+    label: str
+    model: str  # checkpoint directory or "demo"
+    texts: dict[str, tuple[int, ...]]  # kind -> texts at each of CONCURRENCIES
+    query_tokens: int
+    document_tokens: int
+    context_documents: int
+    store: Path | None  # persistent SQLite store (keeps the context set); None: temporary
+
+
+@dataclass
+class Cell:
+    """One (kind, concurrency) measurement of every path."""
+
+    kind: str
+    concurrency: int
+    texts: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+
+    def tps(self, path: str) -> float:
+        return self.texts / self.seconds[path]
+
+    def cpu_per_text(self, path: str) -> float:
+        return self.cpu_seconds[path] / self.texts
+
+
+@dataclass
+class StackResult:
+    plan: Plan
+    cells: list[Cell]
+    flops_per_text: dict[str, float]  # kind -> FLOPs of one second-stage text
+    model_name: str
+    startup_s: float
+    context_s: float
+    context_cached: bool
+    load: tuple[float, float]  # 1-min load average before and after
+
+    def best_tps(self, kind: str, path: str) -> float:
+        return max(c.tps(path) for c in self.cells if c.kind == kind)
+
+    def cell(self, kind: str, concurrency: int) -> Cell:
+        return next(c for c in self.cells if c.kind == kind and c.concurrency == concurrency)
+
+
+# --- measurement helpers ---------------------------------------------------------------------
+
+
+def texts_for(plan: Plan, kind: str, count: int, seed: int) -> list[str]:
+    """`count` fresh texts of `kind` (without prefix), all of the plan's token length."""
+    if kind == "query":
+        tokens = plan.query_tokens
+        return corpus.queries(count, min_tokens=tokens, max_tokens=tokens, seed=seed)
+    tokens = plan.document_tokens
+    return corpus.documents(count, min_tokens=tokens, max_tokens=tokens, seed=seed)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (all its threads) so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def matmul_flops(size: tuple[int, int, int] = (1024, 768, 3072), repeats: int = 5) -> float:
+    """Best measured float32 `torch.matmul` FLOP/s on an [m, k] x [k, n] product (model-like)."""
+    import torch
+
+    m, k, n = size
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(4):
+            torch.matmul(a, b)
+        best = min(best, (time.perf_counter() - started) / 4)
+    return 2.0 * m * k * n / best
+
+
+def counted_forward(model: Any, prepared: Any, texts: Sequence[str]) -> tuple[float, FloatMatrix]:
+    """(FLOPs per text, raw embeddings) of one in-process second-stage forward of `texts`."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ids, mask = model.tokenizer.encode(list(texts))
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        vectors = model.second_stage(ids, mask, prepared).numpy()
+    return counter.get_total_flops() / len(texts), vectors
+
+
+def normalized(vectors: FloatMatrix) -> FloatMatrix:
+    result: FloatMatrix = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return result
+
+
+class TritonDirect:
+    """One text per call straight to Triton, the way the gateway's backend calls it."""
+
+    def __init__(self, url: str, context_id: str, dataset: FloatMatrix, max_tokens: int) -> None:
+        from cde_server.triton_backend import ContextRef, TritonBackend
+
+        async def load() -> FloatMatrix:  # on a context-cache miss in Triton
+            return dataset
+
+        self.backend = TritonBackend(url, embed_path="direct", timeout_s=3600.0)
+        self.context = ContextRef(context_id, load)
+        self.max_tokens = max_tokens
+
+    async def embed(self, texts: list[str], kind: str) -> FloatMatrix:
+        prefixed = [PREFIXES[kind] + t for t in texts]
+        encoded = await self.backend.embed(prefixed, self.context, max_tokens=self.max_tokens)
+        return normalized(encoded.vectors)
+
+
+class GatewayClient:
+    """One text per call through `AsyncCdeClient` to the gateway."""
+
+    def __init__(self, address: str) -> None:
+        from cde_client import AsyncCdeClient
+
+        self.client = AsyncCdeClient(address, timeout=3600.0)
+
+    async def embed(self, texts: list[str], kind: str) -> FloatMatrix:
+        result = await self.client.embed(texts, prompt=kind, context=CONTEXT_SET)
+        return np.asarray(result.embeddings)
+
+
+async def ensure_context_set(client: Any, documents: Sequence[str]) -> tuple[Any, float, bool]:
+    """The bench's context set (reused if the store has a compatible one); (set, s, cached)."""
+    from cde_client import NotFound
+
+    started = time.perf_counter()
+    try:
+        existing = await client.get_context_set(CONTEXT_SET, include_embeddings=True)
+        if existing.compatible and existing.source_document_count == len(documents):
+            return existing, time.perf_counter() - started, True
+    except NotFound:
+        pass
+    await client.create_context_set(CONTEXT_SET, documents, replace=True, timeout=3600.0)
+    created = await client.get_context_set(CONTEXT_SET, include_embeddings=True)
+    return created, time.perf_counter() - started, False
+
+
+async def timed_closed_loop(
+    texts: Sequence[str], concurrency: int, send: Callable[[list[str]], Awaitable[int]]
+) -> float:
+    """Seconds for `concurrency` workers to send every text, one per request."""
+    return await bench_gateway.closed_loop([[t] for t in texts], concurrency, send)
+
+
+# --- one stack ---------------------------------------------------------------------------------
+
+
+def run_stack(plan: Plan, dtype: str) -> StackResult:
+    """Start Triton + gateway for `plan.model`, measure every cell, stop everything."""
+    from cde_model import load_model
+    from cde_server.launcher import TritonProcess
+
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    model = load_model(plan.model, dtype=dtype, device="cpu")
+    # bench_triton.triton_settings takes a Path: str(Path("demo")) is still "demo".
+    with (
+        tempfile.TemporaryDirectory(prefix="cde-bench-") as scratch,
+        TritonProcess(bench_triton.triton_settings(Path(plan.model), dtype)) as triton,
+    ):
+        store = plan.store or Path(scratch) / "store.db"
+        store.parent.mkdir(parents=True, exist_ok=True)
+        gateway, address = bench_gateway.start_gateway(triton.grpc_url, store, "direct")
+        try:
+            assert triton.pid is not None
+            result = asyncio.run(
+                measure_stack(
+                    plan, model, triton.grpc_url, triton.pid, gateway.pid, address, started
+                )
+            )
+        finally:
+            gateway.terminate()
+            gateway.wait(60)
+    result.load = (load_before, os.getloadavg()[0])
+    return result
+
+
+async def measure_stack(
+    plan: Plan,
+    model: Any,
+    triton_url: str,
+    triton_pgid: int,
+    gateway_pid: int,
+    address: str,
+    started: float,
+) -> StackResult:
+    """Context set, warm-up + FLOP count, then every (kind, concurrency) cell."""
+    gateway = GatewayClient(address)
+    documents = corpus.context_documents(plan.context_documents)
+    context_set, context_s, cached = await ensure_context_set(gateway.client, documents)
+    dataset = np.asarray(context_set.dataset_embeddings, dtype=np.float32)
+    prepared = model.prepare_context(dataset)
+    triton = TritonDirect(triton_url, context_set.context_id, dataset, model.info.max_tokens)
+
+    flops: dict[str, float] = {}
+    for kind in plan.texts:  # warm every path; check that they agree
+        sample = texts_for(plan, kind, 1, seed=99)
+        flops[kind], raw = counted_forward(model, prepared, [PREFIXES[kind] + sample[0]])
+        reference = normalized(raw)
+        for path_output in (
+            await triton.embed(sample, kind),
+            await gateway.embed(sample, kind),
+        ):
+            difference = float(np.abs(path_output - reference).max())
+            if difference > 1e-3:
+                raise AssertionError(f"{kind}: paths disagree by {difference:.2e}")
+    print(
+        f"[{plan.label}] ready: context set {'reused' if cached else 'created'} "
+        f"({context_s:.0f} s); FLOPs/text "
+        + ", ".join(f"{k} {v / 1e9:.1f} G" for k, v in flops.items()),
+        flush=True,
+    )
+    startup_s = time.perf_counter() - started  # model, Triton, gateway, context, warm-up
+
+    async def send_triton(texts: list[str], kind: str) -> int:
+        return len(await triton.embed(texts, kind))
+
+    async def send_gateway(texts: list[str], kind: str) -> int:
+        return len(await gateway.embed(texts, kind))
+
+    cells = []
+    rotation = 0
+    for kind, counts in plan.texts.items():
+        for concurrency, count in zip(CONCURRENCIES, counts, strict=True):
+            cell = Cell(kind, concurrency, count)
+            texts = texts_for(plan, kind, count, seed=1000 * concurrency + 7)
+            order = PATHS[rotation % 3 :] + PATHS[: rotation % 3]
+            rotation += 1
+            for path in order:
+                cpu_before = time.process_time()
+                servers_before = server_cpu(path, triton_pgid, gateway_pid)
+                if path == "in-process":
+                    prefixed = [PREFIXES[kind] + t for t in texts]
+                    seconds, _, _ = bench_triton.in_process(model, prepared, prefixed, concurrency)
+                else:
+                    sender = send_triton if path == "triton" else send_gateway
+                    seconds = await timed_closed_loop(
+                        texts, concurrency, partial(sender, kind=kind)
+                    )
+                cell.seconds[path] = seconds
+                cell.cpu_seconds[path] = (
+                    time.process_time()
+                    - cpu_before
+                    + server_cpu(path, triton_pgid, gateway_pid)
+                    - servers_before
+                )
+            cells.append(cell)
+            print(
+                f"[{plan.label}] {kind:8s} c={concurrency:<2d} texts={count:<3d} "
+                + "  ".join(
+                    f"{path} {cell.tps(path):7.2f}/s ({cell.cpu_per_text(path):.2f} CPU s)"
+                    for path in PATHS
+                )
+                + f"  load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+    await triton.backend.close()
+    await gateway.client.close()
+    return StackResult(
+        plan=plan,
+        cells=cells,
+        flops_per_text=flops,
+        model_name=model.info.name,
+        startup_s=startup_s,
+        context_s=context_s,
+        context_cached=cached,
+        load=(0.0, 0.0),
+    )
+
+
+def server_cpu(path: str, triton_pgid: int, gateway_pid: int) -> float:
+    """CPU seconds so far of the server processes `path` uses (none for in-process)."""
+    if path == "in-process":
+        return 0.0
+    used = bench_triton.group_cpu_seconds(triton_pgid)
+    if path == "gateway":
+        used += process_cpu_seconds(gateway_pid)
+    return used
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def stack_table(result: StackResult, matmul: float) -> list[str]:
+    """Markdown table of one stack's cells."""
+    lines = [
+        "| kind | c | texts | in-process texts/s | Triton direct texts/s | gateway + client "
+        "texts/s | gateway / in-process | CPU s/text (in-process / Triton / gateway) | "
+        "model FLOP/s ÷ matmul (in-process / Triton / gateway) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for c in result.cells:
+        flops = result.flops_per_text[c.kind]
+        lines.append(
+            f"| {c.kind} | {c.concurrency} | {c.texts} | {c.tps('in-process'):.3g} | "
+            f"{c.tps('triton'):.3g} | {c.tps('gateway'):.3g} | "
+            f"{c.tps('gateway') / c.tps('in-process'):.2f} | "
+            + " / ".join(f"{c.cpu_per_text(p):.3g}" for p in PATHS)
+            + " | "
+            + " / ".join(f"{flops * c.tps(p) / matmul:.0%}" for p in PATHS)
+            + " |"
+        )
+    return lines
+
+
+def targets(full: StackResult | None, demo: StackResult | None) -> list[str]:
+    """Lines stating each target with its measured value."""
+    lines = []
+    if full is not None:
+        for kind in full.plan.texts:
+            gateway = full.best_tps(kind, "gateway")
+            local = full.best_tps(kind, "in-process")
+            ratio = gateway / local
+            cpu = full.cell(kind, CONCURRENCIES[-1])
+            cpu_ratio = cpu.cpu_per_text("in-process") / cpu.cpu_per_text("gateway")
+            lines.append(
+                f"- Full stack ≥ 0.9 x in-process at saturation, {PLURAL[kind]} (full-size model): "
+                f"best texts/s over c {gateway:.3g} vs {local:.3g} = **{ratio:.2f}** "
+                f"({'met' if ratio >= 0.9 else 'not met'}); at c=32 "
+                f"{cpu.tps('gateway') / cpu.tps('in-process'):.2f}; CPU efficiency at c=32 "
+                f"(in-process CPU s/text ÷ full stack's) {cpu_ratio:.2f}."
+            )
+    if demo is not None and "query" in demo.plan.texts:
+        one = demo.cell("query", 1).tps("gateway")
+        many = demo.cell("query", CONCURRENCIES[-1]).tps("gateway")
+        gain = many / one
+        lines.append(
+            f"- Demo model, short queries, full stack c=32 ≥ 2 x c=1: {many:.1f} vs "
+            f"{one:.1f} texts/s = **{gain:.2f}x** ({'met' if gain >= 2 else 'not met'})."
+        )
+    return lines
+
+
+def machine_lines(matmul: float, total_s: float, results: Sequence[StackResult]) -> list[str]:
+    import torch
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    memory_kib = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    loads = ", ".join(f"{r.plan.label} {r.load[0]:.1f} → {r.load[1]:.1f}" for r in results)
+    busy = any(max(r.load) > (os.cpu_count() or 1) * 0.75 for r in results)
+    return [
+        f"Machine: {cpu}, {os.cpu_count()} cores, {memory_kib / 2**20:.0f} GiB, no GPU; "
+        f"Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads); measured `torch.matmul` float32 "
+        f"{matmul / 1e9:.1f} GFLOP/s (1024x768 @ 768x3072, best of 5).",
+        f"1-min load average (start → end) {loads}"
+        + (
+            ": **the machine was shared** with other developers' tests and benchmarks during "
+            "the run, so wall-clock texts/s carry noise; CPU s/text is the steadier measure."
+            if busy
+            else "."
+        ),
+        "Start-up: "
+        + "; ".join(
+            f"{r.plan.label} {r.startup_s:.0f} s (context set "
+            f"{'reused from the store' if r.context_cached else 'created'} in {r.context_s:.0f} s)"
+            for r in results
+        )
+        + f". Whole run {total_s:.0f} s.",
+    ]
+
+
+def section(
+    results: Sequence[StackResult], matmul: float, total_s: float, plot: Path | None
+) -> str:
+    full = next((r for r in results if r.plan.label == "full"), None)
+    demo = next((r for r in results if r.plan.label == "demo"), None)
+    lines = [
+        SECTION,
+        "",
+        f"`loadtest/bench_all.py` on {datetime.now(UTC):%Y-%m-%d}: one run, one machine; "
+        "per stack an embedded Triton (CPU configs) and a `cde serve` gateway process on it. "
+        "One text per request, c closed-loop clients (in-process: batches of c); every path "
+        "embeds the same fresh texts from `loadtest/corpus.py`; path order rotates per cell. "
+        "CPU s/text counts every process of the path (client included).",
+        "",
+        "### Targets",
+        "",
+        *targets(full, demo),
+        "",
+    ]
+    for result in results:
+        plan = result.plan
+        title = (
+            "full-size random checkpoint (768 hidden, N=512, float32)"
+            if plan.label == "full"
+            else f"demo model ({result.model_name})"
+        )
+        counts = "; ".join(
+            f"{PLURAL[kind]} " + "/".join(str(n) for n in n_texts)
+            for kind, n_texts in plan.texts.items()
+        )
+        lines += [
+            f"### {plan.label.capitalize()}: {title}",
+            "",
+            f"Queries of {plan.query_tokens} tokens, documents of {plan.document_tokens} "
+            f"tokens (before prefix); texts at c = 1/8/32: {counts}. FLOPs per text: "
+            + ", ".join(f"{k} {v / 1e9:.1f} GFLOP" for k, v in result.flops_per_text.items())
+            + ".",
+            "",
+            *stack_table(result, matmul),
+            "",
+        ]
+        if plan.label == "full":
+            lines += [
+                "Each full-size text is a forward over 520 context positions plus the text "
+                "(seconds on this CPU), so both cores are busy from c≈2 on and the curve is "
+                "flat; at c=32 fewer texts than clients were sent (all in flight at once) to "
+                "keep the run bounded. Batching gains are for GPUs.",
+                "",
+            ]
+    if plot is not None:
+        lines += [f"Plot: `loadtest/reports/{plot.name}` (texts/s vs concurrency per path).", ""]
+    lines += [*machine_lines(matmul, total_s, results), ""]
+    return "\n".join(lines)
+
+
+def draw(results: Sequence[StackResult], path: Path) -> None:
+    """PNG: texts/s vs concurrency, one panel per (stack, kind), one line per path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(r, kind) for r in results for kind in r.plan.texts]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for axis, (result, kind) in zip(axes[0], panels, strict=True):
+        cells = [c for c in result.cells if c.kind == kind]
+        for p in PATHS:
+            axis.plot(
+                [c.concurrency for c in cells],
+                [c.tps(p) for c in cells],
+                marker="o",
+                label=PATH_LABELS[p],
+            )
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(list(CONCURRENCIES), [str(c) for c in CONCURRENCIES])
+        axis.set_ylim(bottom=0)
+        axis.set_xlabel("concurrency")
+        axis.set_ylabel("texts/s")
+        axis.set_title(f"{result.plan.label}: {PLURAL[kind]}")
+        axis.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def counts(value: str) -> tuple[int, ...]:
+    """ "2,8,16" → texts at concurrency 1, 8, 32."""
+    parsed = tuple(int(v) for v in value.split(","))
+    if len(parsed) != len(CONCURRENCIES) or min(parsed) < 1:
+        raise argparse.ArgumentTypeError(f"give {len(CONCURRENCIES)} positive counts")
+    return parsed
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=REPO / ".cache" / "cde-full")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--full-queries", type=counts, default=counts("2,8,16"))
+    parser.add_argument("--full-documents", type=counts, default=counts("1,8,12"))
+    parser.add_argument("--demo-queries", type=counts, default=counts("48,128,256"))
+    parser.add_argument("--demo-documents", type=counts, default=counts("16,32,64"))
+    parser.add_argument("--query-tokens", type=int, default=8)
+    parser.add_argument("--document-tokens", type=int, default=256)
+    parser.add_argument("--skip-full", action="store_true", help="only the demo stack")
+    parser.add_argument("--skip-demo", action="store_true", help="only the full-size stack")
+    parser.add_argument("--no-write", action="store_true", help="leave RESULTS.md alone")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.perf_counter()
+    plans = []
+    if not args.skip_full:
+        if not (args.checkpoint / "config.json").is_file():
+            from cde_model.random_checkpoint import write_random_checkpoint
+
+            print(f"writing a full-size random checkpoint to {args.checkpoint}", flush=True)
+            write_random_checkpoint(args.checkpoint, size="full", seed=0)
+        plans.append(
+            Plan(
+                label="full",
+                model=str(args.checkpoint),
+                texts={"query": args.full_queries, "document": args.full_documents},
+                query_tokens=args.query_tokens,
+                document_tokens=args.document_tokens,
+                context_documents=512,
+                store=REPO / ".cache" / "bench-all.db",  # keeps the context set between runs
+            )
+        )
+    if not args.skip_demo:
+        plans.append(
+            Plan(
+                label="demo",
+                model="demo",
+                texts={"query": args.demo_queries, "document": args.demo_documents},
+                query_tokens=args.query_tokens,
+                document_tokens=args.document_tokens,
+                context_documents=64,
+                store=None,
+            )
+        )
+    if not plans:
+        print("nothing to measure (--skip-full and --skip-demo)", file=sys.stderr)
+        return 2
+    matmul = matmul_flops()
+    print(f"torch.matmul: {matmul / 1e9:.1f} GFLOP/s", flush=True)
+    results = [run_stack(plan, args.dtype) for plan in plans]
+    total_s = time.perf_counter() - started
+
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    plot = REPORTS / "bench_all.png"
+    draw(results, plot)
+    text = section(results, matmul, total_s, plot)
+    (REPORTS / "bench_all.md").write_text(text, encoding="utf-8")
+    print(text)
+    if not args.no_write:
+        replace_section(RESULTS, SECTION, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
