@@ -14,10 +14,11 @@ embeddings the in-process model and Triton-direct calls use too. For each kind o
 - in-process: `EmbeddingModel.second_stage` in batches of c (`bench_triton.in_process`);
 - Triton direct: c concurrent `TritonBackend.embed` calls, the gateway's own Triton code path;
 - gateway + client: c concurrent `AsyncCdeClient.embed` calls to the gateway.
-The order of the paths rotates from cell to cell, so drift in machine load spreads evenly.
-CPU seconds per text count every process of a path (this process included), which other work
-on a shared machine disturbs less than wall-clock time. Model FLOP/s: FLOPs per text (counted
-by torch's FlopCounterMode on a warm-up forward) x texts/s, over measured `torch.matmul` FLOP/s.
+The order of the paths rotates from cell to cell (demo: each cell twice, A B C then C B A,
+best run kept), so drift in machine load spreads evenly. CPU seconds per text count every
+process of a path (this process included). Model FLOP/s: FLOPs per text (full-size model:
+`bench_model.stage2_flops`, the work this implementation executes; demo model: torch's
+FlopCounterMode) x texts/s, over `bench_model.matmul_flops_per_second`.
 
 Writes loadtest/reports/bench_all.md and bench_all.png, and replaces the
 "## Full stack (make bench)" section of loadtest/RESULTS.md.
@@ -31,7 +32,6 @@ import argparse
 import asyncio
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_gateway
+import bench_model
 import bench_triton
 import corpus
 import numpy as np
@@ -75,6 +76,7 @@ class Plan:
     document_tokens: int
     context_documents: int
     store: Path | None  # persistent SQLite store (keeps the context set); None: temporary
+    repeats: int  # runs of each path per cell (the best is kept)
 
 
 @dataclass
@@ -99,6 +101,7 @@ class StackResult:
     plan: Plan
     cells: list[Cell]
     flops_per_text: dict[str, float]  # kind -> FLOPs of one second-stage text
+    flops_source: str
     model_name: str
     startup_s: float
     context_s: float
@@ -131,31 +134,23 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def matmul_flops(size: tuple[int, int, int] = (1024, 768, 3072), repeats: int = 5) -> float:
-    """Best measured float32 `torch.matmul` FLOP/s on an [m, k] x [k, n] product (model-like)."""
-    import torch
+def forward_flops(
+    plan: Plan, model: Any, prepared: Any, text: str
+) -> tuple[float, str, FloatMatrix]:
+    """(FLOPs, how they were counted, raw embedding) of one in-process forward of `text`.
 
-    m, k, n = size
-    a, b = torch.randn(m, k), torch.randn(k, n)
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(4):
-            torch.matmul(a, b)
-        best = min(best, (time.perf_counter() - started) / 4)
-    return 2.0 * m * k * n / best
-
-
-def counted_forward(model: Any, prepared: Any, texts: Sequence[str]) -> tuple[float, FloatMatrix]:
-    """(FLOPs per text, raw embeddings) of one in-process second-stage forward of `texts`."""
+    The full-size model uses bench_model's count of the work this implementation executes
+    (the same numbers as the model benchmark); the demo model, torch's FlopCounterMode.
+    """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    ids, mask = model.tokenizer.encode(list(texts))
+    ids, mask = model.tokenizer.encode([text])
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         vectors = model.second_stage(ids, mask, prepared).numpy()
-    return counter.get_total_flops() / len(texts), vectors
+    if plan.label == "full":
+        return bench_model.stage2_flops(int(mask.sum())), "bench_model.stage2_flops", vectors
+    return float(counter.get_total_flops()), "torch FlopCounterMode", vectors
 
 
 def normalized(vectors: FloatMatrix) -> FloatMatrix:
@@ -211,11 +206,21 @@ async def ensure_context_set(client: Any, documents: Sequence[str]) -> tuple[Any
     return created, time.perf_counter() - started, False
 
 
-async def timed_closed_loop(
+async def closed_loop(
     texts: Sequence[str], concurrency: int, send: Callable[[list[str]], Awaitable[int]]
 ) -> float:
     """Seconds for `concurrency` workers to send every text, one per request."""
-    return await bench_gateway.closed_loop([[t] for t in texts], concurrency, send)
+    pending = list(reversed(texts))
+
+    async def worker() -> None:
+        while pending:
+            text = pending.pop()
+            if await send([text]) != 1:
+                raise AssertionError("expected one row")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started
 
 
 # --- one stack ---------------------------------------------------------------------------------
@@ -269,9 +274,12 @@ async def measure_stack(
     triton = TritonDirect(triton_url, context_set.context_id, dataset, model.info.max_tokens)
 
     flops: dict[str, float] = {}
+    flops_source = ""
     for kind in plan.texts:  # warm every path; check that they agree
         sample = texts_for(plan, kind, 1, seed=99)
-        flops[kind], raw = counted_forward(model, prepared, [PREFIXES[kind] + sample[0]])
+        flops[kind], flops_source, raw = forward_flops(
+            plan, model, prepared, PREFIXES[kind] + sample[0]
+        )
         reference = normalized(raw)
         for path_output in (
             await triton.embed(sample, kind),
@@ -299,27 +307,30 @@ async def measure_stack(
     for kind, counts in plan.texts.items():
         for concurrency, count in zip(CONCURRENCIES, counts, strict=True):
             cell = Cell(kind, concurrency, count)
-            texts = texts_for(plan, kind, count, seed=1000 * concurrency + 7)
             order = PATHS[rotation % 3 :] + PATHS[: rotation % 3]
             rotation += 1
-            for path in order:
-                cpu_before = time.process_time()
-                servers_before = server_cpu(path, triton_pgid, gateway_pid)
-                if path == "in-process":
-                    prefixed = [PREFIXES[kind] + t for t in texts]
-                    seconds, _, _ = bench_triton.in_process(model, prepared, prefixed, concurrency)
-                else:
-                    sender = send_triton if path == "triton" else send_gateway
-                    seconds = await timed_closed_loop(
-                        texts, concurrency, partial(sender, kind=kind)
+            for repeat in range(plan.repeats):  # A B C, then C B A, ...: best run of each
+                texts = texts_for(plan, kind, count, seed=1000 * concurrency + 10 * repeat + 7)
+                for path in order if repeat % 2 == 0 else order[::-1]:
+                    cpu_before = time.process_time()
+                    servers_before = server_cpu(path, triton_pgid, gateway_pid)
+                    if path == "in-process":
+                        prefixed = [PREFIXES[kind] + t for t in texts]
+                        seconds, _, _ = bench_triton.in_process(
+                            model, prepared, prefixed, concurrency
+                        )
+                    else:
+                        sender = send_triton if path == "triton" else send_gateway
+                        seconds = await closed_loop(texts, concurrency, partial(sender, kind=kind))
+                    cpu = (
+                        time.process_time()
+                        - cpu_before
+                        + server_cpu(path, triton_pgid, gateway_pid)
+                        - servers_before
                     )
-                cell.seconds[path] = seconds
-                cell.cpu_seconds[path] = (
-                    time.process_time()
-                    - cpu_before
-                    + server_cpu(path, triton_pgid, gateway_pid)
-                    - servers_before
-                )
+                    if seconds < cell.seconds.get(path, float("inf")):
+                        cell.seconds[path] = seconds
+                        cell.cpu_seconds[path] = cpu
             cells.append(cell)
             print(
                 f"[{plan.label}] {kind:8s} c={concurrency:<2d} texts={count:<3d} "
@@ -336,6 +347,7 @@ async def measure_stack(
         plan=plan,
         cells=cells,
         flops_per_text=flops,
+        flops_source=flops_source,
         model_name=model.info.name,
         startup_s=startup_s,
         context_s=context_s,
@@ -408,16 +420,6 @@ def targets(full: StackResult | None, demo: StackResult | None) -> list[str]:
 
 
 def machine_lines(matmul: float, total_s: float, results: Sequence[StackResult]) -> list[str]:
-    import torch
-
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown CPU",
-    )
     memory_kib = next(
         int(line.split()[1])
         for line in Path("/proc/meminfo").read_text().splitlines()
@@ -426,14 +428,14 @@ def machine_lines(matmul: float, total_s: float, results: Sequence[StackResult])
     loads = ", ".join(f"{r.plan.label} {r.load[0]:.1f} → {r.load[1]:.1f}" for r in results)
     busy = any(max(r.load) > (os.cpu_count() or 1) * 0.75 for r in results)
     return [
-        f"Machine: {cpu}, {os.cpu_count()} cores, {memory_kib / 2**20:.0f} GiB, no GPU; "
-        f"Python {platform.python_version()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads); measured `torch.matmul` float32 "
-        f"{matmul / 1e9:.1f} GFLOP/s (1024x768 @ 768x3072, best of 5).",
+        f"Machine: {bench_model.machine_description()}, {memory_kib / 2**20:.0f} GiB, no GPU. "
+        f"`torch.matmul` float32 reference {matmul / 1e9:.1f} GFLOP/s "
+        "(`bench_model.matmul_flops_per_second`, best before and after each stack).",
         f"1-min load average (start → end) {loads}"
         + (
             ": **the machine was shared** with other developers' tests and benchmarks during "
-            "the run, so wall-clock texts/s carry noise; CPU s/text is the steadier measure."
+            "the run, so every number carries noise (CPU s/text too: threads spin while they "
+            "wait for a core)."
             if busy
             else "."
         ),
@@ -483,7 +485,7 @@ def section(
             f"Queries of {plan.query_tokens} tokens, documents of {plan.document_tokens} "
             f"tokens (before prefix); texts at c = 1/8/32: {counts}. FLOPs per text: "
             + ", ".join(f"{k} {v / 1e9:.1f} GFLOP" for k, v in result.flops_per_text.items())
-            + ".",
+            + f" ({result.flops_source}).",
             "",
             *stack_table(result, matmul),
             "",
@@ -550,8 +552,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--full-queries", type=counts, default=counts("2,8,16"))
     parser.add_argument("--full-documents", type=counts, default=counts("1,8,12"))
-    parser.add_argument("--demo-queries", type=counts, default=counts("48,128,256"))
-    parser.add_argument("--demo-documents", type=counts, default=counts("16,32,64"))
+    parser.add_argument("--demo-queries", type=counts, default=counts("32,96,256"))
+    parser.add_argument("--demo-documents", type=counts, default=counts("8,16,32"))
     parser.add_argument("--query-tokens", type=int, default=8)
     parser.add_argument("--document-tokens", type=int, default=256)
     parser.add_argument("--skip-full", action="store_true", help="only the demo stack")
@@ -582,6 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 document_tokens=args.document_tokens,
                 context_documents=512,
                 store=REPO / ".cache" / "bench-all.db",  # keeps the context set between runs
+                repeats=1,
             )
         )
     if not args.skip_demo:
@@ -594,14 +597,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 document_tokens=args.document_tokens,
                 context_documents=64,
                 store=None,
+                repeats=2,
             )
         )
     if not plans:
         print("nothing to measure (--skip-full and --skip-demo)", file=sys.stderr)
         return 2
-    matmul = matmul_flops()
+    # The best of several measurements: other work on a shared machine only ever slows it.
+    matmul = bench_model.matmul_flops_per_second()
     print(f"torch.matmul: {matmul / 1e9:.1f} GFLOP/s", flush=True)
-    results = [run_stack(plan, args.dtype) for plan in plans]
+    results = []
+    for plan in plans:
+        results.append(run_stack(plan, args.dtype))
+        matmul = max(matmul, bench_model.matmul_flops_per_second())
     total_s = time.perf_counter() - started
 
     REPORTS.mkdir(parents=True, exist_ok=True)
