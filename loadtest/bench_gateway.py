@@ -13,7 +13,7 @@ their time inside the round. The CPU time of the gateway process vs Triton's is 
 Also measured: decoding an embedding response as raw little-endian bytes (cde.v1 Matrix) vs
 as `repeated float`. Results replace the "## Gateway" section of loadtest/RESULTS.md.
 
-    .venv/bin/python loadtest/bench_gateway.py [--checkpoint .cache/cde-full] [--rounds 3]
+    .venv/bin/python loadtest/bench_gateway.py [--checkpoint .cache/cde-full] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -298,10 +298,10 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path, default=REPO / ".cache" / "cde-full")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--path", choices=["direct", "ensemble"], default="direct")
-    parser.add_argument("--concurrency", type=int, default=4, help="clients per side")
-    parser.add_argument("--batch", type=int, default=4, help="texts per request")
-    parser.add_argument("--seconds", type=float, default=120.0, help="length of a round")
-    parser.add_argument("--rounds", type=int, default=3, help="concurrent rounds")
+    parser.add_argument("--concurrency", type=int, default=2, help="clients per side")
+    parser.add_argument("--batch", type=int, default=2, help="texts per request")
+    parser.add_argument("--seconds", type=float, default=150.0, help="length of a round")
+    parser.add_argument("--rounds", type=int, default=4, help="concurrent rounds")
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     args = parser.parse_args()
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-ROW_CHUNK = 256  # rows per MLP chunk: its [rows, 2I] intermediate stays in L2/L3 cache
+ROW_CHUNK = 1024  # rows per MLP chunk: its [rows, 2I] intermediate stays mostly in L3 cache
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ DTYPES: dict[str, torch.dtype] = {
 
 # Positions per forward pass. On CPU larger passes gain nothing once the matmuls are big
 # enough to run at full speed and cost memory; a GPU wants more work per launch.
-CPU_TOKEN_BUDGET = 8192
+CPU_TOKEN_BUDGET = 4096
 GPU_TOKEN_BUDGET = 65536
 
 
