@@ -14,11 +14,11 @@ embeddings the in-process model and Triton-direct calls use too. For each kind o
 - in-process: `EmbeddingModel.second_stage` in batches of c (`bench_triton.in_process`);
 - Triton direct: c concurrent `TritonBackend.embed` calls, the gateway's own Triton code path;
 - gateway + client: c concurrent `AsyncCdeClient.embed` calls to the gateway.
-The order of the paths rotates from cell to cell (demo: each cell twice, A B C then C B A,
-best run kept), so drift in machine load spreads evenly. CPU seconds per text count every
-process of a path (this process included). Model FLOP/s: FLOPs per text (full-size model:
-`bench_model.stage2_flops`, the work this implementation executes; demo model: torch's
-FlopCounterMode) x texts/s, over `bench_model.matmul_flops_per_second`.
+The order of the paths rotates from cell to cell (demo: each cell three times, A B C, C B A,
+A B C, keeping the best run of each path), so drift in machine load spreads evenly. CPU seconds
+per text count every process of a path (this process included). Model FLOP/s: FLOPs per text
+(full-size model: `bench_model.stage2_flops`, the work this implementation executes; demo
+model: torch's FlopCounterMode) x texts/s, over `bench_model.matmul_flops_per_second`.
 
 Writes loadtest/reports/bench_all.md and bench_all.png, and replaces the
 "## Full stack (make bench)" section of loadtest/RESULTS.md.
@@ -107,6 +107,7 @@ class StackResult:
     context_s: float
     context_cached: bool
     load: tuple[float, float]  # 1-min load average before and after
+    wall_s: float = 0.0  # the whole stack, start-up included
 
     def best_tps(self, kind: str, path: str) -> float:
         return max(c.tps(path) for c in self.cells if c.kind == kind)
@@ -253,6 +254,7 @@ def run_stack(plan: Plan, dtype: str) -> StackResult:
             gateway.terminate()
             gateway.wait(60)
     result.load = (load_before, os.getloadavg()[0])
+    result.wall_s = time.perf_counter() - started
     return result
 
 
@@ -441,7 +443,7 @@ def machine_lines(matmul: float, total_s: float, results: Sequence[StackResult])
         ),
         "Start-up: "
         + "; ".join(
-            f"{r.plan.label} {r.startup_s:.0f} s (context set "
+            f"{r.plan.label} {r.startup_s:.0f} s of {r.wall_s:.0f} s (context set "
             f"{'reused from the store' if r.context_cached else 'created'} in {r.context_s:.0f} s)"
             for r in results
         )
@@ -550,9 +552,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=REPO / ".cache" / "cde-full")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--full-queries", type=counts, default=counts("2,8,16"))
-    parser.add_argument("--full-documents", type=counts, default=counts("1,8,12"))
-    parser.add_argument("--demo-queries", type=counts, default=counts("32,96,256"))
+    parser.add_argument("--full-queries", type=counts, default=counts("2,8,12"))
+    parser.add_argument("--full-documents", type=counts, default=counts("1,8,8"))
+    parser.add_argument("--demo-queries", type=counts, default=counts("24,64,192"))
     parser.add_argument("--demo-documents", type=counts, default=counts("8,16,32"))
     parser.add_argument("--query-tokens", type=int, default=8)
     parser.add_argument("--document-tokens", type=int, default=256)
@@ -597,7 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 document_tokens=args.document_tokens,
                 context_documents=64,
                 store=None,
-                repeats=2,
+                repeats=3,
             )
         )
     if not plans:

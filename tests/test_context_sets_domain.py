@@ -15,7 +15,6 @@ from cde_server.context_sets import (
     require_compatible,
     sample_documents,
     sampling_of,
-    select_documents,
 )
 from cde_server.errors import FailedPreconditionError, InvalidArgumentError
 from cde_server.triton_protocol import context_id
@@ -52,8 +51,6 @@ def test_oversample_uses_every_document() -> None:
 def test_no_documents_is_invalid() -> None:
     with pytest.raises(InvalidArgumentError, match="at least one document"):
         sample_documents([], 16)
-    with pytest.raises(ValueError):
-        select_documents(DOCS, 0)
 
 
 def test_collector_enforces_limits() -> None:
@@ -69,7 +66,7 @@ def test_collector_enforces_limits() -> None:
     collector.add(["e"])
     with pytest.raises(InvalidArgumentError, match="more than 5 context documents"):
         collector.add(["f"])
-    assert collector.sample(3, seed=1)[1] == "subsampled"
+    assert sample_documents(collector.documents, 3, seed=1)[1] == "subsampled"
 
 
 def test_build_context_set_computes_the_content_hash() -> None:
@@ -151,13 +148,3 @@ def test_domain_modules_do_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-@pytest.mark.parametrize(
-    ("count", "n", "seed"), [(16, 16, 42), (40, 16, 42), (40, 16, 7), (3, 16, 42)]
-)
-def test_sampling_matches_the_model_package(count: int, n: int, seed: int) -> None:
-    """The gateway must pick the same context documents as `cde_model.context.select_context`."""
-    model_context = pytest.importorskip("cde_model.context")
-    documents = DOCS[:count]
-    assert select_documents(documents, n, seed) == model_context.select_context(documents, n, seed)

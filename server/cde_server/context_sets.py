@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import numpy as np
 import numpy.typing as npt
 
+from cde_model.context import select_context
 from cde_server.errors import FailedPreconditionError, InvalidArgumentError
 from cde_server.names import validate_context_set_name
 from cde_server.stores.base import ContextSetSummary, Sampling, StoredContextSet
@@ -31,23 +32,6 @@ def sampling_of(source_count: int, n: int) -> Sampling:
     return "subsampled" if source_count > n else "oversampled"
 
 
-def select_documents(documents: Sequence[str], n: int, seed: int = DEFAULT_SEED) -> list[str]:
-    """Exactly `n` documents: all of them in order if exactly `n` were given; a seeded sample
-    without replacement if more; if fewer, every document repeated in order, cycling.
-    """
-    count = len(documents)
-    if n < 1:
-        raise ValueError(f"context size must be at least 1, got {n}")
-    if count == 0:
-        raise ValueError("cannot select context documents from an empty list")
-    if count == n:
-        return list(documents)
-    if count > n:
-        chosen = np.random.default_rng(seed).choice(count, size=n, replace=False)
-        return [documents[int(index)] for index in chosen]
-    return [documents[index % count] for index in range(n)]
-
-
 def sample_documents(
     documents: Sequence[str], n: int, seed: int = DEFAULT_SEED
 ) -> tuple[list[str], Sampling]:
@@ -57,7 +41,7 @@ def sample_documents(
     """
     if not documents:
         raise InvalidArgumentError("a context set needs at least one document")
-    return select_documents(documents, n, seed), sampling_of(len(documents), n)
+    return select_context(documents, n, seed=seed), sampling_of(len(documents), n)
 
 
 class DocumentCollector:
@@ -98,10 +82,6 @@ class DocumentCollector:
     def documents(self) -> list[str]:
         """The documents collected so far, in arrival order."""
         return self._documents
-
-    def sample(self, n: int, seed: int = DEFAULT_SEED) -> tuple[list[str], Sampling]:
-        """`sample_documents` over the collected documents."""
-        return sample_documents(self._documents, n, seed)
 
 
 def build_context_set(

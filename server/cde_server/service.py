@@ -225,7 +225,9 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
                 raise InvalidArgumentError("no context documents were sent; send at least 1")
             info = await self._model.info()
             seed = options.seed if options.HasField("seed") else context_sets.DEFAULT_SEED
-            documents = _select_context(collector.documents, info.corpus_size, seed)
+            documents, sampling = context_sets.sample_documents(
+                collector.documents, info.corpus_size, seed
+            )
             embeddings = await self._embed_documents([prompt.apply(d) for d in documents])
             record = context_sets.build_context_set(
                 name=name,
@@ -233,7 +235,7 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
                 documents=documents,
                 embeddings=embeddings,
                 source_document_count=len(collector.documents),
-                sampling=context_sets.sampling_of(len(collector.documents), info.corpus_size),
+                sampling=sampling,
                 model_fingerprint=info.fingerprint,
             )
             stored = await self._store.create_context_set(record, replace=options.replace)
@@ -389,10 +391,3 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
         finally:
             self._open_streams -= 1
             self._metrics.open_streams.dec()
-
-
-def _select_context(documents: Sequence[str], n: int, seed: int) -> list[str]:
-    """Exactly n context documents by the model package's policy (seeded, deterministic)."""
-    from cde_model.context import select_context
-
-    return list(select_context(documents, n, seed=seed))
