@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint proto bench bench-model bench-triton bench-gateway lint-deploy clean
+.PHONY: install run test lint proto bench bench-model bench-triton bench-gateway lint-deploy loadtest clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard proto/cde/v1/*.proto)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,7 +47,13 @@ bench-triton: install
 bench-gateway: install
 	HF_HUB_OFFLINE=1 $(BIN)/python loadtest/bench_gateway.py
 
-bench: bench-model bench-triton bench-gateway
+## One side-by-side run of every path (in-process, Triton, gateway + client), with a plot.
+bench: install
+	HF_HUB_OFFLINE=1 $(BIN)/python loadtest/bench_all.py
+
+## Locust, headless and bounded, against a local stack (demo model unless CDE_MODEL is set).
+loadtest: install
+	HF_HUB_OFFLINE=1 $(BIN)/python loadtest/run_loadtest.py
 
 clean:
 	rm -rf $(VENV) .venv-deploy build *.egg-info .pytest_cache .mypy_cache .ruff_cache client/cde/v1/*_pb2*

@@ -70,10 +70,18 @@ class TextTokenizer:
 
     def encode(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """`input_ids`, `attention_mask`: int64 [B, L], padded to the longest row."""
+        input_ids, attention_mask, _ = self.encode_with_truncation(texts)
+        return input_ids, attention_mask
+
+    def encode_with_truncation(
+        self, texts: Sequence[str]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Like `encode`, plus a bool [B] array that is True where a text was cut to fit."""
         if not texts:
             empty = np.zeros((0, 0), dtype=np.int64)
-            return empty, empty.copy()
+            return empty, empty.copy(), np.zeros(0, dtype=np.bool_)
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
         input_ids = np.array([e.ids for e in encodings], dtype=np.int64)
         attention_mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        return input_ids, attention_mask
+        truncated = np.array([bool(e.overflowing) for e in encodings], dtype=np.bool_)
+        return input_ids, attention_mask, truncated

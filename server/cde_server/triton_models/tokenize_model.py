@@ -80,7 +80,7 @@ class TokenizeHandler:
             counts.append(len(request_texts))
         if not texts:
             return results
-        input_ids, attention_mask = self.tokenizer.encode(texts)
+        input_ids, attention_mask, truncated = self.tokenizer.encode_with_truncation(texts)
         start = 0
         for index, count in enumerate(counts):
             if count == 0:
@@ -92,7 +92,7 @@ class TokenizeHandler:
                 INPUT_IDS: np.ascontiguousarray(input_ids[start : start + count, :width]),
                 ATTENTION_MASK: np.ascontiguousarray(mask[:, :width]),
                 TOKEN_COUNT: lengths.astype(np.int32).reshape(-1, 1),
-                TRUNCATED: (lengths >= self.max_tokens).reshape(-1, 1),
+                TRUNCATED: truncated[start : start + count].reshape(-1, 1),
             }
             start += count
         return results
