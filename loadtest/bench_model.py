@@ -5,6 +5,8 @@ measures, in one run:
 - torch.matmul FLOP/s on the model's own GEMM shapes (the reference, best of several tries);
 - stage 1 tokens/s and stage 2 texts/s (short queries, 200-token documents, several batch
   sizes), each as FLOP/s and as a ratio to the matmul reference;
+- the same ratio at one thread timed by CPU time, which other work on a shared machine does
+  not disturb;
 - bfloat16 against float32: speed and cosine similarity of the outputs.
 Results replace the "## Model (in-process)" section of loadtest/RESULTS.md.
 
@@ -63,23 +65,30 @@ def stage2_flops(tokens: int, published: bool = False) -> float:
     return (LAYERS - 1) * per_layer - FIXED_ROWS * 6 * H * H + last
 
 
-def best_seconds(run: Callable[[], object], repeats: int) -> float:
+Clock = Callable[[], float]  # time.perf_counter (wall) or time.process_time (CPU time)
+
+
+def best_seconds(
+    run: Callable[[], object], repeats: int, clock: Clock = time.perf_counter
+) -> float:
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         run()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return min(times)
 
 
-def matmul_flops_per_second(dtype: torch.dtype = torch.float32) -> float:
+def matmul_flops_per_second(
+    dtype: torch.dtype = torch.float32, clock: Clock = time.perf_counter
+) -> float:
     """Best FLOP/s of torch.matmul over the model's GEMM shapes, 2048 rows each."""
     rates = []
     for inner, outer in ((H, 3 * H), (H, 2 * INNER), (INNER, H), (H, H)):
         a = torch.randn(2048, inner, dtype=dtype)
         b = torch.randn(inner, outer, dtype=dtype)
         torch.matmul(a, b)
-        seconds = best_seconds(functools.partial(torch.matmul, a, b), 5)
+        seconds = best_seconds(functools.partial(torch.matmul, a, b), 5, clock)
         rates.append(2 * 2048 * inner * outer / seconds)
     return max(rates)
 
@@ -97,42 +106,56 @@ class Row:
     batch: int
     tokens: int
     seconds: float
-    items: int
     flops: float  # executed
     published_flops: float
+    matmul: float = 0.0  # reference FLOP/s measured right before and after this row
 
-    def cells(self, matmul: float) -> list[str]:
+    def cells(self) -> list[str]:
         rate = self.flops / self.seconds
         return [
             self.what,
             str(self.batch),
             str(self.tokens),
-            f"{self.items / self.seconds:,.1f}",
-            f"{self.items * self.tokens / self.seconds:,.0f}",
+            f"{self.batch / self.seconds:,.2f}",
+            f"{self.batch * self.tokens / self.seconds:,.0f}",
             f"{rate / 1e9:,.1f}",
-            f"**{rate / matmul:.2f}**",
-            f"{self.published_flops / self.seconds / matmul:.2f}",
+            f"{self.matmul / 1e9:,.1f}",
+            f"**{rate / self.matmul:.2f}**",
+            f"{self.published_flops / self.seconds / self.matmul:.2f}",
         ]
 
 
-def bench_stage1(model: EmbeddingModel, batch: int, repeats: int) -> Row:
+def with_reference(measure: Callable[[], Row], clock: Clock) -> Row:
+    """Run `measure` between two matmul measurements; the row keeps the better reference.
+
+    Measuring the reference next to each row keeps the ratio fair when other work on the
+    machine comes and goes during the run.
+    """
+    before = matmul_flops_per_second(clock=clock)
+    row = measure()
+    row.matmul = max(before, matmul_flops_per_second(clock=clock))
+    return row
+
+
+def bench_stage1(model: EmbeddingModel, batch: int, repeats: int, clock: Clock) -> Row:
     ids, mask = random_tokens(batch, STAGE1_TOKENS, seed=1)
     model.first_stage(ids[:2], mask[:2])
-    seconds = best_seconds(lambda: model.first_stage(ids, mask), repeats)
+    seconds = best_seconds(lambda: model.first_stage(ids, mask), repeats, clock)
     flops = batch * stage1_flops(STAGE1_TOKENS)
-    return Row("stage 1 (documents)", batch, STAGE1_TOKENS, seconds, batch, flops, flops)
+    return Row("stage 1 (documents)", batch, STAGE1_TOKENS, seconds, flops, flops)
 
 
-def bench_stage2(model: EmbeddingModel, what: str, tokens: int, batch: int, repeats: int) -> Row:
+def bench_stage2(
+    model: EmbeddingModel, what: str, tokens: int, batch: int, repeats: int, clock: Clock
+) -> Row:
     context = model.prepare_context(torch.randn(SHAPE.corpus_size, H))
     ids, mask = random_tokens(batch, tokens, seed=2)
-    seconds = best_seconds(lambda: model.second_stage(ids, mask, context), repeats)
+    seconds = best_seconds(lambda: model.second_stage(ids, mask, context), repeats, clock)
     return Row(
         what,
         batch,
         tokens,
         seconds,
-        batch,
         batch * stage2_flops(tokens),
         batch * stage2_flops(tokens, published=True),
     )
@@ -212,6 +235,28 @@ def write_section(text: str) -> None:
     RESULTS.write_text(updated.rstrip() + "\n")
 
 
+def throughput_rows(
+    model: EmbeddingModel,
+    stage1_batches: tuple[int, ...],
+    stage2_batches: tuple[int, ...],
+    repeats: int = 2,
+    clock: Clock = time.perf_counter,
+) -> list[Row]:
+    """Stage 1 documents, stage 2 queries and documents at the given batch sizes."""
+    rows = [
+        with_reference(functools.partial(bench_stage1, model, batch, repeats, clock), clock)
+        for batch in stage1_batches
+    ]
+    for what, tokens in (("stage 2 query", QUERY_TOKENS), ("stage 2 document", DOCUMENT_TOKENS)):
+        rows += [
+            with_reference(
+                functools.partial(bench_stage2, model, what, tokens, batch, repeats, clock), clock
+            )
+            for batch in stage2_batches
+        ]
+    return rows
+
+
 def main(argv: list[str]) -> int:
     quick = "--quick" in argv  # smoke test: tiny batches, RESULTS.md untouched
     started = time.perf_counter()
@@ -220,18 +265,20 @@ def main(argv: list[str]) -> int:
         print(f"writing a random full-size checkpoint to {CHECKPOINT}", file=sys.stderr)
         write_random_checkpoint(CHECKPOINT, "full", seed=0)
     model = load_model(str(CHECKPOINT), device="cpu")
-    matmul = matmul_flops_per_second()
+    threads = torch.get_num_threads()
     stage1_batches, stage2_batches = ((2,), (1,)) if quick else ((8, 32), (1, 8, 32))
-    rows = [bench_stage1(model, batch, 2) for batch in stage1_batches]
-    for what, tokens in (("stage 2 query", QUERY_TOKENS), ("stage 2 document", DOCUMENT_TOKENS)):
-        rows += [bench_stage2(model, what, tokens, batch, 2) for batch in stage2_batches]
-    matmul = max(matmul, matmul_flops_per_second())  # reference: the better of before/after
+    rows = throughput_rows(model, stage1_batches, stage2_batches)
+    # One thread timed by CPU time: the efficiency of the code itself, undisturbed by other work
+    # on a shared machine (which stalls multi-threaded small ops far more than one big matmul).
+    torch.set_num_threads(1)
+    single_thread_rows = throughput_rows(model, (4,), (2,), repeats=2, clock=time.process_time)
+    torch.set_num_threads(threads)
     bf16_rows = [] if quick else bf16_comparison(model)
     matmul_bf16 = matmul_flops_per_second(torch.bfloat16)
     load_after = os.getloadavg()[0]
     elapsed = time.perf_counter() - started
 
-    header = ["what", "batch", "tokens/text", "texts/s", "tokens/s", "GFLOP/s",
+    header = ["what", "batch", "tokens/text", "texts/s", "tokens/s", "GFLOP/s", "matmul GFLOP/s",
               "÷ matmul (executed)", "÷ matmul (published FLOPs)"]  # fmt: skip
     bf16_header = ["what", "batch", "tokens/text", "fp32 texts/s", "bf16 texts/s", "speed-up",
                    "cosine"]  # fmt: skip
@@ -243,14 +290,20 @@ Load average (1 min) {load_before:.1f} before and {load_after:.1f} after the run
 (above the core count means other work shared the CPU and the numbers are pessimistic);
 run time {elapsed:.0f} s.
 
-Reference: `torch.matmul` float32 at {matmul / 1e9:,.1f} GFLOP/s (best over the model's GEMM
-shapes with 2048 rows); bfloat16 matmul {matmul_bf16 / 1e9:,.1f} GFLOP/s.
-"÷ matmul (executed)" counts the FLOPs this implementation performs; "published FLOPs" counts
-the published implementation's (it recomputes what we precompute or skip), so it is the
-effective speed. Formulas: module docstring of `loadtest/bench_model.py`.
+Reference ("matmul GFLOP/s"): `torch.matmul` float32, best over the model's GEMM shapes with
+2048 rows, measured right before and after each row; bfloat16 matmul
+{matmul_bf16 / 1e9:,.1f} GFLOP/s. "÷ matmul (executed)" counts the FLOPs this implementation
+performs; "published FLOPs" counts the published implementation's (it recomputes what we
+precompute or skip), so it is the effective speed. Formulas: module docstring of
+`loadtest/bench_model.py`.
 Stage 2 texts carry N+8 = {FIXED_ROWS} context and prompt rows each.
 
-{table(header, [row.cells(matmul) for row in rows])}
+{table(header, [row.cells() for row in rows])}
+
+Single thread, timed by CPU time (`time.process_time`, model and matmul alike), so other work
+on the machine does not count; "texts/s" here are per busy core:
+
+{table(header, [row.cells() for row in single_thread_rows])}
 
 bfloat16 against float32 (same inputs; cosine mean / min):
 

@@ -70,6 +70,15 @@ def env_default(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
+def loadtest_overrides() -> str:
+    """The CDE_LOADTEST_* settings given in the environment, as `NAME=value` (for the record)."""
+    return ", ".join(
+        f"`{name}={value}`"
+        for name, value in sorted(os.environ.items())
+        if name.startswith("CDE_LOADTEST_")
+    )
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=int(env_default("CDE_LOADTEST_USERS", "8")))
@@ -338,10 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "",
                     f"`loadtest/run_loadtest.py` on {datetime.now(UTC):%Y-%m-%d}: locust "
                     "headless through `cde_client` against `cde serve` (embedded Triton, "
-                    "SQLite store), scenarios weighted 10 queries (4-12 tokens) : 4 documents "
-                    "(2 x 200-500 tokens) : 1 EmbedStream (4 batches x 4 documents) : 1 context-"
-                    "set create + delete. Reports: `loadtest/reports/loadtest*.csv`, "
-                    "`loadtest.html`.",
+                    "SQLite store). User classes of `loadtest/locustfile.py`, weighted "
+                    "10 : 4 : 1 : 1: short queries, 200-500-token documents, bulk EmbedStream, "
+                    "context-set create + delete; its defaults for texts per call and pacing"
+                    + (f", except {overrides}" if (overrides := loadtest_overrides()) else "")
+                    + ". Reports: `loadtest/reports/loadtest*.csv`, `loadtest.html`.",
                     "",
                     *lines,
                     "",

@@ -69,7 +69,7 @@ class Bounce:
 
     def _run(self) -> None:
         try:
-            self._gateway.stop()
+            self._gateway.stop(grace_s=10.0)  # in-flight calls finish; new ones are refused
             time.sleep(DOWNTIME_S)
             self._gateway.start()
         except BaseException as exc:
