@@ -40,13 +40,14 @@ print("client ok")
 
 
 def run(argv: list[str | Path], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    result: subprocess.CompletedProcess[str] = subprocess.run(
         [str(a) for a in argv],
         capture_output=True,
         text=True,
         timeout=540,
         **kwargs,  # type: ignore[call-overload]
     )
+    return result
 
 
 def test_fresh_install_with_base_dependencies_only(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -215,7 +215,7 @@ def test_model_failure_fails_only_the_request_that_causes_it(
     model: EmbeddingModel, dataset: Array
 ) -> None:
     poison = int(model.tokenizer.encode(["zebra"])[0][0, 1])
-    failing = FailingModel(model, poison)
+    failing = cast("EmbeddingModel", FailingModel(model, poison))
     handler = SecondStageHandler(failing, cache_bytes=1 << 20)
     good = second_inputs(model, QUERIES[:2], dataset, attach=True)
     bad = second_inputs(model, ["zebra"], dataset, attach=True)

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
-
 from cde_model.context import select_context
+
 from cde_server.errors import FailedPreconditionError, InvalidArgumentError
 from cde_server.names import validate_context_set_name
 from cde_server.stores.base import ContextSetSummary, Sampling, StoredContextSet

@@ -17,7 +17,7 @@ Array = npt.NDArray[Any]
 class Tokenizer(Protocol):
     """What cde_model's tokenizer offers."""
 
-    def encode(self, texts: Sequence[str]) -> tuple[Array, Array]: ...
+    def encode_with_truncation(self, texts: Sequence[str]) -> tuple[Array, Array, Array]: ...
 
 
 def decode_texts(array: Array) -> list[str]:
