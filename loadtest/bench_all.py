@@ -108,6 +108,7 @@ class StackResult:
     context_cached: bool
     load: tuple[float, float]  # 1-min load average before and after
     wall_s: float = 0.0  # the whole stack, start-up included
+    other_cores: float = 0.0  # CPU used by processes outside the benchmark, in cores
 
     def best_tps(self, kind: str, path: str) -> float:
         return max(c.tps(path) for c in self.cells if c.kind == kind)
@@ -306,6 +307,7 @@ async def measure_stack(
 
     cells = []
     rotation = 0
+    window = (time.perf_counter(), system_busy_seconds(), own_cpu(triton_pgid, gateway_pid))
     for kind, counts in plan.texts.items():
         for concurrency, count in zip(CONCURRENCIES, counts, strict=True):
             cell = Cell(kind, concurrency, count)
@@ -343,6 +345,8 @@ async def measure_stack(
                 + f"  load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
+    wall = time.perf_counter() - window[0]
+    others = system_busy_seconds() - window[1] - (own_cpu(triton_pgid, gateway_pid) - window[2])
     await triton.backend.close()
     await gateway.client.close()
     return StackResult(
@@ -355,7 +359,20 @@ async def measure_stack(
         context_s=context_s,
         context_cached=cached,
         load=(0.0, 0.0),
+        other_cores=max(others, 0.0) / wall,
     )
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, all processes) since boot."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu(triton_pgid: int, gateway_pid: int) -> float:
+    """CPU seconds so far of this benchmark: this process, Triton's group and the gateway."""
+    return time.process_time() + server_cpu("gateway", triton_pgid, gateway_pid)
 
 
 def server_cpu(path: str, triton_pgid: int, gateway_pid: int) -> float:
@@ -428,18 +445,20 @@ def machine_lines(matmul: float, total_s: float, results: Sequence[StackResult])
         if line.startswith("MemTotal")
     )
     loads = ", ".join(f"{r.plan.label} {r.load[0]:.1f} → {r.load[1]:.1f}" for r in results)
-    busy = any(max(r.load) > (os.cpu_count() or 1) * 0.75 for r in results)
+    others = ", ".join(f"{r.plan.label} {r.other_cores:.2f}" for r in results)
+    shared = any(r.other_cores > 0.1 * (os.cpu_count() or 1) for r in results)
     return [
         f"Machine: {bench_model.machine_description()}, {memory_kib / 2**20:.0f} GiB, no GPU. "
         f"`torch.matmul` float32 reference {matmul / 1e9:.1f} GFLOP/s "
         "(`bench_model.matmul_flops_per_second`, best before and after each stack).",
-        f"1-min load average (start → end) {loads}"
+        f"Other work on the machine while the cells ran (CPU time of processes outside this "
+        f"benchmark, in cores of {os.cpu_count()}): {others}; 1-min load average (start → "
+        f"end, this run included) {loads}. "
         + (
-            ": **the machine was shared** with other developers' tests and benchmarks during "
-            "the run, so every number carries noise (CPU s/text too: threads spin while they "
-            "wait for a core)."
-            if busy
-            else "."
+            "**The machine was shared** with other developers' tests and benchmarks, so the "
+            "numbers carry noise (CPU s/text too: threads spin while they wait for a core)."
+            if shared
+            else "The machine was otherwise quiet."
         ),
         "Start-up: "
         + "; ".join(

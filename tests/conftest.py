@@ -9,8 +9,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TINY_CHECKPOINT = REPO_ROOT.parent / "shared" / "fixtures" / "cde-tiny"
 
 pytest_plugins = [
     name

@@ -14,14 +14,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from cde_server.cli import main
+from paths import TINY_CHECKPOINT
 from safetensors.torch import load_file, save_file
 
-TINY_CHECKPOINT = Path(
-    os.environ.get(
-        "CDE_TINY_CHECKPOINT",
-        Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cde-tiny",
-    )
-)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

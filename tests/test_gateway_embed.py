@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,8 +13,8 @@ import pytest
 from cde.v1 import embedding_service_pb2 as pb
 from cde.v1 import embedding_service_pb2_grpc as pb_grpc
 from cde_server.wire import matrix_values
+from paths import TINY_CHECKPOINT as TINY
 
-TINY = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cde-tiny"
 DOC = "search_document: "
 QUERY = "search_query: "
 TOLERANCE = 1e-5

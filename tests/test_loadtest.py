@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from paths import TINY_CHECKPOINT as TINY
 
 REPO = Path(__file__).resolve().parents[1]
 LOADTEST = REPO / "loadtest"
-TINY = REPO.parent / "shared" / "fixtures" / "cde-tiny"
+
 SCENARIOS = {"Embed/query", "Embed/document", "EmbedStream/bulk", "CreateContextSet"}
 
 sys.path.insert(0, str(LOADTEST))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -13,14 +12,9 @@ import pytest
 import torch
 from cde_model import EmbeddingModel, load_model
 from cde_model.random_checkpoint import write_random_checkpoint
+from paths import TINY_CHECKPOINT
 from safetensors.torch import load_file, save_file
 
-TINY_CHECKPOINT = Path(
-    os.environ.get(
-        "CDE_TINY_CHECKPOINT",
-        Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cde-tiny",
-    )
-)
 SECOND = "second_stage_model.backbone"
 FIRST = "first_stage_model.embedder"
 TEXTS = ["search_query: who wrote hamlet", "search_document: Hamlet is a play.", ""]

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import collections
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,13 +12,8 @@ from cde_model import load_model
 from cde_model.context import default_context, select_context
 from cde_model.encoder import build_context, embed_context_documents, encode_texts
 from cde_model.prompts import DOCUMENT_PREFIX, PROMPTS, prompt_prefix
+from paths import TINY_CHECKPOINT
 
-TINY_CHECKPOINT = Path(
-    os.environ.get(
-        "CDE_TINY_CHECKPOINT",
-        Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cde-tiny",
-    )
-)
 DOCUMENTS = [f"document number {i}" for i in range(100)]
 
 

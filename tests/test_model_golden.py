@@ -4,7 +4,6 @@ outputs do not depend on batching, padding, order or dtype beyond rounding."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,8 @@ import torch
 from cde_model import EmbeddingModel, load_model
 from cde_model.prompts import DOCUMENT_PREFIX, QUERY_PREFIX
 from cde_model.random_checkpoint import write_random_checkpoint
+from paths import TINY_CHECKPOINT
 
-TINY_CHECKPOINT = Path(
-    os.environ.get(
-        "CDE_TINY_CHECKPOINT",
-        Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cde-tiny",
-    )
-)
 INVARIANCE_TOLERANCE = 1e-5
 
 

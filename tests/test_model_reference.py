@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +17,9 @@ import torch
 import torch.nn.functional as F
 from cde_model import load_model
 from cde_model.random_checkpoint import CheckpointShape, write_random_checkpoint
+from paths import TINY_CHECKPOINT
 from safetensors.torch import load_file
 
-TINY_CHECKPOINT = Path(
-    os.environ.get(
-        "CDE_TINY_CHECKPOINT",
-        Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cde-tiny",
-    )
-)
 FOUR_LAYERS = CheckpointShape(48, 4, 3, 128, 30528, 8, inline_backbone_config=True)
 TEXTS = ["search_query: who wrote hamlet", "search_document: " + "many words " * 30, ""]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -24,9 +23,10 @@ from cde_server.triton_models.context_cache import ContextCache
 from cde_server.triton_models.first_stage_model import FirstStageHandler
 from cde_server.triton_models.second_stage_model import SecondStageHandler
 from cde_server.triton_models.tokenize_model import TokenizeHandler
+from paths import TINY_CHECKPOINT as TINY
 
 Array = npt.NDArray[Any]
-TINY = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cde-tiny"
+
 GOLDEN = json.loads((TINY / "golden.json").read_text())
 QUERIES = [GOLDEN["query_prefix"] + q for q in GOLDEN["queries"]]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import queue
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,12 +13,11 @@ import numpy.typing as npt
 import pytest
 import tritonclient.grpc as grpcclient
 from cde_server import triton_protocol as tp
+from paths import GOLDEN_JSON
 from tritonclient.utils import InferenceServerException
 
 Array = npt.NDArray[Any]
-GOLDEN = json.loads(
-    (Path(__file__).resolve().parents[2] / "shared/fixtures/cde-tiny/golden.json").read_text()
-)
+GOLDEN = json.loads(GOLDEN_JSON.read_text())
 DOC = GOLDEN["document_prefix"]
 QUERY = GOLDEN["query_prefix"]
 N, HIDDEN = 16, 64

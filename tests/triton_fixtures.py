@@ -16,7 +16,7 @@ from cde_server.triton_settings import TritonSettings
 
 __all__ = ["TINY_CHECKPOINT", "free_ports", "tiny_triton_settings"]
 
-TINY_CHECKPOINT = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cde-tiny"
+from paths import TINY_CHECKPOINT
 
 
 def tiny_triton_settings(cache_dir: Path, **overrides: object) -> TritonSettings:
