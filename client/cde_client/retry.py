@@ -1,8 +1,10 @@
 """When and how long to wait before retrying a failed call (exponential backoff + jitter).
 
 Only idempotent calls are retried (a repeated Embed or Get is harmless; a repeated
-CreateContextSet is not), and only on the configured status codes, UNAVAILABLE by default:
-the gateway is restarting or a backend is briefly away. The policy is pure decision logic;
+CreateContextSet is not), and only on the configured status codes: by default UNAVAILABLE
+(the gateway is restarting or a backend is briefly away) and CANCELLED as sent by the server
+(a call that raced a gateway's shutdown; a cancellation by the caller itself surfaces as
+`asyncio.CancelledError` or a closed client, never as a retryable error). The policy is pure decision logic;
 the sync and async clients do the actual sleeping.
 """
 
@@ -32,7 +34,7 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: bool = True
     retry_on: frozenset[grpc.StatusCode] = field(
-        default_factory=lambda: frozenset({grpc.StatusCode.UNAVAILABLE})
+        default_factory=lambda: frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
     )
 
     def __post_init__(self) -> None:
