@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,12 @@ from cde_model.encoder import build_context, encode_texts
 from cde_model.prompts import DOCUMENT_PREFIX, QUERY_PREFIX
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+TINY_CHECKPOINT = Path(
+    os.environ.get(
+        "CDE_TINY_CHECKPOINT",
+        Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cde-tiny",
+    )
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +73,13 @@ def test_batch_padding_and_truncation(demo: EmbeddingModel) -> None:
 def test_context_size_is_checked(demo: EmbeddingModel) -> None:
     with pytest.raises(ValueError, match="needs 64 dataset embeddings, got 10"):
         demo.prepare_context(torch.zeros(10, 384))
+
+
+def test_contexts_do_not_cross_models(demo: EmbeddingModel) -> None:
+    tiny = load_model(str(TINY_CHECKPOINT), device="cpu")
+    demo_context = demo.prepare_context(torch.zeros(64, 384))
+    with pytest.raises(TypeError, match="expected a CDEContext, got DemoContext"):
+        tiny.second_stage(*tiny.tokenizer.encode(["x"]), demo_context)
+    tiny_context = tiny.prepare_context(torch.zeros(16, 64))
+    with pytest.raises(TypeError, match="expected a DemoContext"):
+        demo.second_stage(*demo.tokenizer.encode(["x"]), tiny_context)

@@ -34,6 +34,8 @@ from cde_model.interface import (
     ModelInfo,
     PreparedContext,
     TokenArray,
+    context_rows,
+    own_context,
     tensor_nbytes,
 )
 from cde_model.runtime import default_token_budget, resolve_device, resolve_dtype
@@ -151,17 +153,9 @@ class CDEModel(EmbeddingModel):
     def prepare_context(
         self, dataset_embeddings: torch.Tensor | npt.NDArray[np.floating[Any]]
     ) -> CDEContext:
-        rows = torch.as_tensor(dataset_embeddings)
-        corpus_size, hidden = self.info.corpus_size, self.info.hidden_size
-        if rows.dim() != 2 or rows.shape[1] != hidden:
-            raise ValueError(f"dataset embeddings must be [rows, {hidden}], got {list(rows.shape)}")
-        if rows.shape[0] < corpus_size:
-            raise ValueError(
-                f"the model needs {corpus_size} dataset embeddings, got {rows.shape[0]}"
-            )
-        rows = rows[:corpus_size].to(device=self._device, dtype=self._dtype)
-        if not bool(torch.isfinite(rows).all()):
-            raise ValueError("dataset embeddings contain NaN or infinite values")
+        corpus_size = self.info.corpus_size
+        rows = context_rows(dataset_embeddings, self.info)
+        rows = rows.to(device=self._device, dtype=self._dtype)
         backbone = self._weights.second_stage
         layer0_input = backbone.embedding_norm(
             torch.cat((rows, self._prompt_rows)) + backbone.token_type0
@@ -176,10 +170,7 @@ class CDEModel(EmbeddingModel):
     def second_stage(
         self, input_ids: TokenArray, attention_mask: TokenArray, context: PreparedContext
     ) -> torch.Tensor:
-        if not isinstance(context, CDEContext):
-            raise TypeError(f"expected a context prepared by a CDE model, got {type(context)}")
-        if context.model_fingerprint != self.info.fingerprint:
-            raise ValueError("the context was prepared by a different model")
+        context = own_context(context, CDEContext, self.info)
         batch = self._validated(input_ids, attention_mask)
         out = torch.empty(len(batch.lengths), self.info.hidden_size, dtype=torch.float32)
         context_rows = context.layer0_input.shape[0]

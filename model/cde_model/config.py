@@ -9,27 +9,8 @@ from typing import Any
 
 NOMIC_BERT_2048 = "nomic-ai/nomic-bert-2048"
 
-# nomic-bert-2048 hyperparameters; the published config.json names the backbone by hub id only.
-NOMIC_BERT_DEFAULTS: dict[str, Any] = {
-    "n_embd": 768,
-    "n_layer": 12,
-    "n_head": 12,
-    "n_inner": 3072,
-    "vocab_size": 30528,
-    "rotary_emb_base": 1000,
-    "rotary_emb_fraction": 1.0,
-    "rotary_emb_interleaved": False,
-    "layer_norm_epsilon": 1e-12,
-    "activation_function": "swiglu",
-    "prenorm": False,
-    "causal": False,
-    "qkv_proj_bias": False,
-    "mlp_fc1_bias": False,
-    "mlp_fc2_bias": False,
-    "type_vocab_size": 2,
-}
-
-# embedder_config settings whose other values this implementation does not compute.
+# embedder_config settings whose other values this implementation does not compute
+# (nomic-bert-2048 has exactly these).
 _REQUIRED_BACKBONE_SETTINGS: dict[str, Any] = {
     "activation_function": "swiglu",
     "prenorm": False,
@@ -39,6 +20,19 @@ _REQUIRED_BACKBONE_SETTINGS: dict[str, Any] = {
     "mlp_fc2_bias": False,
     "rotary_emb_fraction": 1.0,
     "rotary_emb_interleaved": False,
+}
+
+# nomic-bert-2048 hyperparameters; the published config.json names the backbone by hub id only.
+NOMIC_BERT_DEFAULTS: dict[str, Any] = {
+    "n_embd": 768,
+    "n_layer": 12,
+    "n_head": 12,
+    "n_inner": 3072,
+    "vocab_size": 30528,
+    "rotary_emb_base": 1000,
+    "layer_norm_epsilon": 1e-12,
+    "type_vocab_size": 2,
+    **_REQUIRED_BACKBONE_SETTINGS,
 }
 
 

@@ -28,6 +28,8 @@ from cde_model.interface import (
     ModelInfo,
     PreparedContext,
     TokenArray,
+    context_rows,
+    own_context,
     tensor_nbytes,
 )
 from cde_model.runtime import default_token_budget, resolve_device, resolve_dtype
@@ -107,30 +109,16 @@ class DemoModel(EmbeddingModel):
     def prepare_context(
         self, dataset_embeddings: torch.Tensor | npt.NDArray[np.floating[Any]]
     ) -> DemoContext:
-        rows = torch.as_tensor(dataset_embeddings)
-        if rows.dim() != 2 or rows.shape[1] != self.info.hidden_size:
-            raise ValueError(
-                f"dataset embeddings must be [rows, {self.info.hidden_size}], "
-                f"got {list(rows.shape)}"
-            )
-        if rows.shape[0] < self.info.corpus_size:
-            raise ValueError(
-                f"the model needs {self.info.corpus_size} dataset embeddings, got {rows.shape[0]}"
-            )
-        mean = rows[: self.info.corpus_size].to(torch.float32).mean(dim=0)
-        if not bool(torch.isfinite(mean).all()):
-            raise ValueError("dataset embeddings contain NaN or infinite values")
+        rows = context_rows(dataset_embeddings, self.info)
+        mean = rows.to(device="cpu", dtype=torch.float32).mean(dim=0)
         return DemoContext(self.info.fingerprint, mean)
 
     @torch.inference_mode()
     def second_stage(
         self, input_ids: TokenArray, attention_mask: TokenArray, context: PreparedContext
     ) -> torch.Tensor:
-        if not isinstance(context, DemoContext):
-            raise TypeError(f"expected a context prepared by the demo model, got {type(context)}")
-        if context.model_fingerprint != self.info.fingerprint:
-            raise ValueError("the context was prepared by a different model")
-        return self._normalized_embeddings(input_ids, attention_mask) - context.mean
+        mean = own_context(context, DemoContext, self.info).mean
+        return self._normalized_embeddings(input_ids, attention_mask) - mean
 
     def _normalized_embeddings(
         self, input_ids: TokenArray, attention_mask: TokenArray

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -62,6 +62,36 @@ class EmbeddingModel(ABC):
         self, input_ids: TokenArray, attention_mask: TokenArray, context: PreparedContext
     ) -> torch.Tensor:
         """Raw (unnormalized) contextual embeddings: float32 [B, hidden] on CPU."""
+
+
+ContextType = TypeVar("ContextType", bound=PreparedContext)
+
+
+def context_rows(
+    dataset_embeddings: torch.Tensor | npt.NDArray[np.floating[Any]], info: ModelInfo
+) -> torch.Tensor:
+    """The first N (`info.corpus_size`) dataset embeddings; wrong width or too few rows raise."""
+    rows = torch.as_tensor(dataset_embeddings)
+    if rows.dim() != 2 or rows.shape[1] != info.hidden_size:
+        raise ValueError(
+            f"dataset embeddings must be [rows, {info.hidden_size}], got {list(rows.shape)}"
+        )
+    if rows.shape[0] < info.corpus_size:
+        raise ValueError(
+            f"the model needs {info.corpus_size} dataset embeddings, got {rows.shape[0]}"
+        )
+    if not bool(torch.isfinite(rows[: info.corpus_size]).all()):
+        raise ValueError("dataset embeddings contain NaN or infinite values")
+    return rows[: info.corpus_size]
+
+
+def own_context(context: PreparedContext, kind: type[ContextType], info: ModelInfo) -> ContextType:
+    """`context` if this model (same fingerprint) prepared it, else TypeError/ValueError."""
+    if not isinstance(context, kind):
+        raise TypeError(f"expected a {kind.__name__}, got {type(context).__name__}")
+    if context.model_fingerprint != info.fingerprint:
+        raise ValueError("the context was prepared by a different model")
+    return context
 
 
 def tensor_nbytes(*tensors: torch.Tensor) -> int:
