@@ -349,7 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "headless through `cde_client` against `cde serve` (embedded Triton, "
                     "SQLite store). User classes of `loadtest/locustfile.py`, weighted "
                     "10 : 4 : 1 : 1: short queries, 200-500-token documents, bulk EmbedStream, "
-                    "context-set create + delete; its defaults for texts per call and pacing"
+                    "context-set create + delete; texts per call and pacing: the locustfile's "
+                    "defaults"
                     + (f", except {overrides}" if (overrides := loadtest_overrides()) else "")
                     + ". Reports: `loadtest/reports/loadtest*.csv`, `loadtest.html`.",
                     "",
