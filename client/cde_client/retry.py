@@ -4,8 +4,8 @@ Only idempotent calls are retried (a repeated Embed or Get is harmless; a repeat
 CreateContextSet is not), and only on the configured status codes: by default UNAVAILABLE
 (the gateway is restarting or a backend is briefly away) and CANCELLED as sent by the server
 (a call that raced a gateway's shutdown; a cancellation by the caller itself surfaces as
-`asyncio.CancelledError` or a closed client, never as a retryable error). The policy is pure decision logic;
-the sync and async clients do the actual sleeping.
+`asyncio.CancelledError` or a closed client, never as a retryable error). The policy is pure
+decision logic; the sync and async clients do the actual sleeping.
 """
 
 from __future__ import annotations
