@@ -12,6 +12,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = [
     name
-    for name in ("triton_fixtures", "store_fixtures", "gateway_fixtures", "client_fixtures")
+    for name in (
+        "triton_fixtures",
+        "store_fixtures",
+        "gateway_fixtures",
+        "client_fixtures",
+        "process_fixtures",
+    )
     if (Path(__file__).parent / f"{name}.py").exists()
 ]
