@@ -38,6 +38,18 @@ class AlreadyExistsError(CdeError):
     code = "ALREADY_EXISTS"
 
 
+class UnauthenticatedError(CdeError):
+    """No API key, or one the server does not know."""
+
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDeniedError(CdeError):
+    """The caller's API key may not do this (e.g. list every tenant's sets without admin)."""
+
+    code = "PERMISSION_DENIED"
+
+
 class FailedPreconditionError(CdeError):
     """The system is not in the state the request needs (e.g. set built with another model)."""
 

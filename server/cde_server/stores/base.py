@@ -94,6 +94,18 @@ class StoredContextSet:
         return dataclasses.replace(self, revision=revision)
 
 
+NAMESPACE_SEPARATOR = "/"
+
+
+def in_namespace(name: str, namespace: str | None) -> bool:
+    """Whether a stored `name` belongs to `namespace` (None: every name; "": no namespace)."""
+    if namespace is None:
+        return True
+    if not namespace:
+        return NAMESPACE_SEPARATOR not in name
+    return name.startswith(namespace + NAMESPACE_SEPARATOR)
+
+
 class Store(Protocol):
     """Persistence of context sets and custom prompts (no caching: reads see the latest write).
 
@@ -118,16 +130,22 @@ class Store(Protocol):
         """The set's metadata without reading embeddings; `NotFoundError` if absent."""
         ...
 
-    async def list_context_sets(self, *, after: str | None, limit: int) -> list[ContextSetSummary]:
-        """Up to `limit` summaries in name order, names strictly greater than `after`."""
+    async def list_context_sets(
+        self, *, after: str | None, limit: int, namespace: str | None = None
+    ) -> list[ContextSetSummary]:
+        """Up to `limit` summaries in name order, names strictly greater than `after`.
+
+        `namespace`: None lists every name; "" only names without a "/"; "t" only the
+        names "t/<name>" (see `in_namespace`). Names are returned in full.
+        """
         ...
 
     async def delete_context_set(self, name: str) -> None:
         """Delete the set; `NotFoundError` if absent."""
         ...
 
-    async def list_prompts(self) -> dict[str, str]:
-        """All custom prompts, name → text."""
+    async def list_prompts(self, *, namespace: str | None = None) -> dict[str, str]:
+        """Custom prompts, name → text (`namespace` as in `list_context_sets`)."""
         ...
 
     async def get_prompt(self, name: str) -> str:

@@ -1,6 +1,6 @@
 """Redis store: context sets shared by several gateways.
 
-Key layout (`prefix` defaults to "cde:"; a tenant can later get its own prefix):
+Key layout (`prefix` defaults to "cde:"; a tenant's names are "tenant/name", see tenancy):
 - `{prefix}context_set:{name}`: hash with `meta` (JSON), `revision`, `embeddings`
   (float32 little-endian bytes) and `documents` (JSON array).
 - `{prefix}context_sets`: sorted set of names (all score 0) for lexicographic paging.
@@ -32,7 +32,12 @@ from cde_server.errors import (
     StoreUnavailableError,
 )
 from cde_server.stores import records
-from cde_server.stores.base import ContextSetSummary, StoredContextSet
+from cde_server.stores.base import (
+    NAMESPACE_SEPARATOR,
+    ContextSetSummary,
+    StoredContextSet,
+    in_namespace,
+)
 
 DEFAULT_PREFIX = "cde:"
 DEFAULT_SOCKET_TIMEOUT_S = 2.0
@@ -221,36 +226,43 @@ class RedisStore:
         except (ValueError, KeyError, TypeError) as exc:
             raise InternalError(f'stored context set "{name}" is corrupt: {exc}') from exc
 
-    async def list_context_sets(self, *, after: str | None, limit: int) -> list[ContextSetSummary]:
-        """Up to `limit` summaries in name order with names greater than `after`."""
+    async def list_context_sets(
+        self, *, after: str | None, limit: int, namespace: str | None = None
+    ) -> list[ContextSetSummary]:
+        """Up to `limit` summaries in name order with names greater than `after`.
+
+        A tenant's namespace is one lexicographic range of the names index; the bare
+        namespace ("") is filtered while paging (it skips over the tenants' names).
+        """
         summaries: list[ContextSetSummary] = []
-        cursor = after
+        low, high = "-", "+"
+        if namespace:
+            low = f"[{namespace}{NAMESPACE_SEPARATOR}"
+            high = f"({namespace}{chr(ord(NAMESPACE_SEPARATOR) + 1)}"
+        if after and (namespace is None or f"[{after}" > low):
+            low = f"({after}"
         async with self._guard():
             while len(summaries) < limit:
                 wanted = limit - len(summaries)
                 names = [
                     _text(raw)
                     for raw in await self._client.zrange(
-                        self._names_key,
-                        f"({cursor}" if cursor else "-",
-                        "+",
-                        bylex=True,
-                        offset=0,
-                        num=wanted,
+                        self._names_key, low, high, bylex=True, offset=0, num=wanted
                     )
                 ]
                 if not names:
                     break
+                kept = [name for name in names if in_namespace(name, namespace)]
                 async with self._client.pipeline(transaction=False) as pipe:
-                    for name in names:
+                    for name in kept:
                         pipe.hmget(self._set_key(name), ["meta", "revision"])
                     rows = await pipe.execute()
-                for name, (meta, revision) in zip(names, rows, strict=True):
+                for name, (meta, revision) in zip(kept, rows, strict=True):
                     if meta is not None:  # skip a set deleted between the two reads
                         summaries.append(self._summary(name, meta, revision))
                 if len(names) < wanted:
                     break
-                cursor = names[-1]
+                low = f"({names[-1]}"
         return summaries
 
     async def delete_context_set(self, name: str) -> None:
@@ -267,11 +279,12 @@ class RedisStore:
 
     # -- prompts --------------------------------------------------------------------------
 
-    async def list_prompts(self) -> dict[str, str]:
-        """All custom prompts."""
+    async def list_prompts(self, *, namespace: str | None = None) -> dict[str, str]:
+        """Custom prompts (of one namespace, if given; filtered here, prompts are few)."""
         async with self._guard():
             raw = await self._client.hgetall(self._prompts_key)
-        return {_text(name): _text(text) for name, text in sorted(raw.items())}
+        prompts = {_text(name): _text(text) for name, text in sorted(raw.items())}
+        return {name: text for name, text in prompts.items() if in_namespace(name, namespace)}
 
     async def get_prompt(self, name: str) -> str:
         """One custom prompt's text; `NotFoundError` if absent."""

@@ -23,7 +23,7 @@ from cde_server.errors import (
     StoreUnavailableError,
 )
 from cde_server.stores import records
-from cde_server.stores.base import ContextSetSummary, StoredContextSet
+from cde_server.stores.base import NAMESPACE_SEPARATOR, ContextSetSummary, StoredContextSet
 
 T = TypeVar("T")
 
@@ -71,6 +71,17 @@ def _summary_from_row(row: tuple[Any, ...]) -> ContextSetSummary:
         context_size=int(row[8]),
         embedding_dim=int(row[9]),
     )
+
+
+def _namespace_clause(namespace: str | None) -> tuple[str, tuple[str, ...]]:
+    """An `AND ...` SQL condition (and its parameters) keeping the names of `namespace`."""
+    if namespace is None:
+        return "", ()
+    if not namespace:
+        return f"AND instr(name, '{NAMESPACE_SEPARATOR}') = 0", ()
+    low = namespace + NAMESPACE_SEPARATOR
+    high = namespace + chr(ord(NAMESPACE_SEPARATOR) + 1)  # just past every "<namespace>/..."
+    return "AND name >= ? AND name < ?", (low, high)
 
 
 class SqliteStore:
@@ -228,16 +239,22 @@ class SqliteStore:
             raise NotFoundError(f'context set "{name}" not found')
         return _summary_from_row(row)
 
-    async def list_context_sets(self, *, after: str | None, limit: int) -> list[ContextSetSummary]:
+    async def list_context_sets(
+        self, *, after: str | None, limit: int, namespace: str | None = None
+    ) -> list[ContextSetSummary]:
         """Up to `limit` summaries in name order with names greater than `after`."""
-        return await self._run(self._list, after, limit)
+        return await self._run(self._list, after, limit, namespace)
 
-    def _list(self, after: str | None, limit: int) -> list[ContextSetSummary]:
+    def _list(
+        self, after: str | None, limit: int, namespace: str | None
+    ) -> list[ContextSetSummary]:
+        where, params = _namespace_clause(namespace)
         rows = (
             self._db()
             .execute(
-                f"SELECT {_SUMMARY_COLUMNS} FROM context_sets WHERE name > ? ORDER BY name LIMIT ?",
-                (after or "", max(limit, 0)),
+                f"SELECT {_SUMMARY_COLUMNS} FROM context_sets WHERE name > ? {where} "
+                "ORDER BY name LIMIT ?",
+                (after or "", *params, max(limit, 0)),
             )
             .fetchall()
         )
@@ -254,12 +271,17 @@ class SqliteStore:
 
     # -- prompts --------------------------------------------------------------------------
 
-    async def list_prompts(self) -> dict[str, str]:
-        """All custom prompts."""
-        return await self._run(self._list_prompts)
+    async def list_prompts(self, *, namespace: str | None = None) -> dict[str, str]:
+        """Custom prompts (of one namespace, if given)."""
+        return await self._run(self._list_prompts, namespace)
 
-    def _list_prompts(self) -> dict[str, str]:
-        rows = self._db().execute("SELECT name, text FROM prompts ORDER BY name").fetchall()
+    def _list_prompts(self, namespace: str | None) -> dict[str, str]:
+        where, params = _namespace_clause(namespace)
+        rows = (
+            self._db()
+            .execute(f"SELECT name, text FROM prompts WHERE 1 {where} ORDER BY name", params)
+            .fetchall()
+        )
         return {name: text for name, text in rows}
 
     async def get_prompt(self, name: str) -> str:
