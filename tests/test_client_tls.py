@@ -7,11 +7,9 @@ own TLS and key support (issue 7) and check exactly what the client sends.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -19,29 +17,9 @@ import pytest
 from cde_client import AsyncCdeClient, CdeClient, HealthStatus, Unauthenticated, Unavailable
 from client_fixtures import run_async
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tls_certs import Pem, self_signed
 
 API_KEY = "test-key-123"
-
-
-@dataclass(frozen=True)
-class Pem:
-    cert: Path
-    key: Path
-
-
-def self_signed(folder: Path, name: str) -> Pem:
-    """A self-signed certificate for localhost/127.0.0.1 (made with the openssl CLI)."""
-    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
-            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return Pem(cert, key)
 
 
 class RequireApiKey(grpc.ServerInterceptor):  # type: ignore[misc]

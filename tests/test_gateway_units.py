@@ -32,10 +32,30 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_settings_refuse_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CDE_TRITON_URL", "a:1,b:2")
-    with pytest.raises(ValueError, match="several Triton endpoints"):
+    monkeypatch.setenv("CDE_TRITON_URL", "a:1, b:2,a:1")
+    with pytest.raises(ValueError, match="listed twice"):
         GatewaySettings()
-    monkeypatch.delenv("CDE_TRITON_URL")
+    monkeypatch.setenv("CDE_TRITON_URL", "a:1,,b:2")
+    with pytest.raises(ValueError, match="empty endpoint"):
+        GatewaySettings()
+    monkeypatch.setenv("CDE_TRITON_URL", "grpc://a:1, b:2")
+    assert GatewaySettings().triton_endpoints == ["a:1", "b:2"]
+    monkeypatch.setenv("CDE_TRITON_TLS_KEY", __file__)
+    with pytest.raises(ValueError, match="CDE_TRITON_TLS_CERT and CDE_TRITON_TLS_KEY"):
+        GatewaySettings()
+    monkeypatch.setenv("CDE_TRITON_TLS_CERT", __file__)
+    with pytest.raises(ValueError, match="needs CDE_TRITON_TLS_CA"):
+        GatewaySettings()
+    monkeypatch.setenv("CDE_TRITON_TLS_CA", __file__ + ".missing")
+    with pytest.raises(ValueError, match="triton_tls_ca"):
+        GatewaySettings()
+    for name in (
+        "CDE_TRITON_URL",
+        "CDE_TRITON_TLS_CA",
+        "CDE_TRITON_TLS_CERT",
+        "CDE_TRITON_TLS_KEY",
+    ):
+        monkeypatch.delenv(name)
     monkeypatch.setenv("CDE_MAX_TEXTS_PER_REQUEST", "0")
     with pytest.raises(ValueError):
         GatewaySettings()

@@ -25,7 +25,8 @@ from cde_server.served_model import ServedModel
 from cde_server.service import EmbeddingService
 from cde_server.settings import GatewaySettings
 from cde_server.stores import Store, open_store
-from cde_server.triton_backend import TritonBackend
+from cde_server.triton_backend import TritonTls
+from cde_server.triton_pool import TritonPool
 
 logger = logging.getLogger("cde_server.app")
 
@@ -40,11 +41,12 @@ class Gateway:
             raise ValueError("the gateway needs CDE_TRITON_URL (cde serve sets it)")
         self.settings = settings
         self.metrics = GatewayMetrics()
-        self.backend = TritonBackend(
-            settings.triton_url,
+        self.backend = TritonPool(
+            settings.triton_endpoints,
             timeout_s=settings.triton_timeout_s,
             embed_path=settings.embed_path,
             observer=self.metrics,
+            tls=_triton_tls(settings),
         )
         self.model = ServedModel(self.backend, document_prefix=BUILTIN_PROMPTS[DEFAULT_PROMPT])
         self.port = 0
@@ -112,7 +114,7 @@ class Gateway:
         logger.info(
             "gateway listening on %s (Triton %s, store %s, %s)",
             self.address,
-            s.triton_url,
+            self.backend.describe(),
             _redacted(s.store),
             "SERVING" if self._health.serving else "NOT_SERVING",
         )
@@ -154,6 +156,13 @@ async def serve_until_signalled(gateway: Gateway) -> None:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
         await gateway.stop()
+
+
+def _triton_tls(settings: GatewaySettings) -> TritonTls | None:
+    """TLS to Triton when CDE_TRITON_TLS_CA is set."""
+    if settings.triton_tls_ca is None:
+        return None
+    return TritonTls(settings.triton_tls_ca, settings.triton_tls_cert, settings.triton_tls_key)
 
 
 def _redacted(url: str) -> str:

@@ -1,7 +1,9 @@
-"""grpc.health.v1 status of the gateway: SERVING only while Triton and the store are reachable.
+"""grpc.health.v1 status of the gateway: SERVING while the store and at least one Triton
+endpoint are reachable.
 
-A background task re-checks both every `interval_s` seconds (and re-reads the served model's
-information, so a Triton restarted with another model is noticed).
+A background task re-checks both every `interval_s` seconds: it probes every Triton endpoint
+(so a down one rejoins the pool) and re-reads the served model's information (so a Triton
+restarted with another model is noticed).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from cde_server.errors import CdeError
 from cde_server.metrics import GatewayMetrics
 from cde_server.served_model import ServedModel
 from cde_server.stores.base import Store
-from cde_server.triton_backend import TritonBackend
+from cde_server.triton_pool import TritonPool
 
 logger = logging.getLogger("cde_server.health")
 _CHECK_TIMEOUT_S = 3.0
@@ -30,7 +32,7 @@ class HealthMonitor:
     def __init__(
         self,
         *,
-        backend: TritonBackend,
+        backend: TritonPool,
         store: Store,
         model: ServedModel,
         metrics: GatewayMetrics,
@@ -63,14 +65,14 @@ class HealthMonitor:
         await self.servicer.enter_graceful_shutdown()
 
     async def check(self) -> bool:
-        """Whether Triton (all models ready, model info readable) and the store answer now."""
+        """Whether one Triton (all models ready, model info readable) and the store answer now."""
         problems: list[str] = []
         try:
             await asyncio.wait_for(self._store.ping(), _CHECK_TIMEOUT_S)
         except (CdeError, TimeoutError) as exc:
             problems.append(f"store: {exc or 'no answer'}")
         if not await self._backend.ready(_CHECK_TIMEOUT_S):
-            problems.append(f"Triton at {self._backend.url} is not ready")
+            problems.append(f"no Triton endpoint is ready ({self._backend.describe()})")
         else:
             try:  # a busy Triton may answer slowly: known model information is good enough
                 await asyncio.wait_for(self._model.refresh(), _CHECK_TIMEOUT_S)

@@ -64,9 +64,35 @@ class GatewayMetrics:
         self.open_streams = Gauge(
             "cde_gateway_open_streams", "Streaming RPCs in progress", registry=self.registry
         )
+        self.triton_endpoint_up = Gauge(
+            "cde_gateway_triton_endpoint_up",
+            "1 while a Triton endpoint takes requests, 0 while it is marked down",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        self.triton_endpoint_outstanding = Gauge(
+            "cde_gateway_triton_endpoint_outstanding",
+            "Backend calls in flight on a Triton endpoint",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        self.triton_endpoint_calls = Counter(
+            "cde_gateway_triton_endpoint_calls",
+            "Backend calls by Triton endpoint and result (ok, unavailable: retried elsewhere, "
+            "error)",
+            ["endpoint", "result"],
+            registry=self.registry,
+        )
+        self.rejections = Counter(
+            "cde_gateway_rejections",
+            "Calls refused before their work, by reason (unauthenticated, permission_denied, "
+            "rate_limit, tenant_streams, streams)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.healthy = Gauge(
             "cde_gateway_serving",
-            "1 when Triton and the store are reachable",
+            "1 when the store and at least one Triton endpoint are reachable",
             registry=self.registry,
         )
         self._server: WSGIServer | None = None
@@ -82,6 +108,19 @@ class GatewayMetrics:
     def context_cache(self, hit: bool) -> None:
         """Record one context-cache lookup in Triton."""
         self.cache.labels("hit" if hit else "miss").inc()
+
+    # --- PoolObserver ---------------------------------------------------------------------------
+    def endpoint_up(self, endpoint: str, up: bool) -> None:
+        """Record that a Triton endpoint was marked up or down."""
+        self.triton_endpoint_up.labels(endpoint).set(1 if up else 0)
+
+    def endpoint_outstanding(self, endpoint: str, count: int) -> None:
+        """Record the backend calls in flight on a Triton endpoint."""
+        self.triton_endpoint_outstanding.labels(endpoint).set(count)
+
+    def endpoint_call(self, endpoint: str, result: str) -> None:
+        """Record one finished backend call on a Triton endpoint."""
+        self.triton_endpoint_calls.labels(endpoint, result).inc()
 
     # --- gateway ------------------------------------------------------------------------------
     def request_done(self, rpc: str, code: str, seconds: float) -> None:

@@ -14,7 +14,8 @@ import numpy as np
 import numpy.typing as npt
 
 from cde_server import triton_protocol
-from cde_server.triton_backend import ContextRef, ServedModelInfo, TritonBackend
+from cde_server.triton_backend import ContextRef, ServedModelInfo
+from cde_server.triton_pool import TritonPool
 
 logger = logging.getLogger("cde_server.served_model")
 
@@ -22,7 +23,7 @@ logger = logging.getLogger("cde_server.served_model")
 class ServedModel:
     """Cached model information and the lazily embedded default context."""
 
-    def __init__(self, backend: TritonBackend, *, document_prefix: str) -> None:
+    def __init__(self, backend: TritonPool, *, document_prefix: str) -> None:
         """`document_prefix` is prepended to the default context's documents."""
         self._backend = backend
         self._document_prefix = document_prefix

@@ -32,7 +32,8 @@ from cde_server.served_model import ServedModel
 from cde_server.settings import GatewaySettings
 from cde_server.status import status_of
 from cde_server.stores.base import Store
-from cde_server.triton_backend import ContextRef, TritonBackend
+from cde_server.triton_backend import ContextRef
+from cde_server.triton_pool import TritonPool
 
 Context = Any  # grpc.aio.ServicerContext (grpc ships no type information)
 FloatMatrix = npt.NDArray[np.float32]
@@ -58,7 +59,7 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
         self,
         *,
         settings: GatewaySettings,
-        backend: TritonBackend,
+        backend: TritonPool,
         store: Store,
         model: ServedModel,
         metrics: GatewayMetrics,

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, FilePath, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -43,7 +43,20 @@ class GatewaySettings(BaseSettings):
     store: str = Field(default_factory=default_store_url, description="sqlite:///path or redis://")
     triton_url: str | None = Field(
         default=None,
-        description="host:port of an external Triton (gRPC); unset: start the embedded one",
+        description=(
+            "host:port of external Tritons (gRPC), comma-separated for several; "
+            "unset: start the embedded one"
+        ),
+    )
+    triton_tls_ca: FilePath | None = Field(
+        default=None,
+        description="root certificate (PEM) of the Triton servers; set: TLS to Triton",
+    )
+    triton_tls_cert: FilePath | None = Field(
+        default=None, description="client certificate chain (PEM) for Triton (needs the key)"
+    )
+    triton_tls_key: FilePath | None = Field(
+        default=None, description="client private key (PEM) for Triton (needs the certificate)"
     )
     triton_timeout_s: float = Field(
         default=60.0, gt=0, description="upper bound of one Triton call"
@@ -95,17 +108,35 @@ class GatewaySettings(BaseSettings):
 
     @field_validator("triton_url")
     @classmethod
-    def _single_endpoint(cls, value: str | None) -> str | None:
-        """One endpoint for now (several endpoints are a later feature)."""
+    def _endpoint_list(cls, value: str | None) -> str | None:
+        """Normalize "grpc://a:1, b:2" to "a:1,b:2"; refuse empty items and repeats."""
         if value is None or not value.strip():
             return None
-        value = value.strip()
-        if "," in value:
-            raise ValueError("several Triton endpoints are not supported yet; give one host:port")
-        for scheme in ("grpc://", "http://"):
-            if value.startswith(scheme):
-                value = value[len(scheme) :]
-        return value
+        endpoints = []
+        for item in value.split(","):
+            endpoint = item.strip()
+            for scheme in ("grpc://", "http://"):
+                endpoint = endpoint.removeprefix(scheme)
+            if not endpoint:
+                raise ValueError(f"empty endpoint in {value!r}; give host:port[,host:port...]")
+            if endpoint in endpoints:
+                raise ValueError(f"Triton endpoint {endpoint} is listed twice")
+            endpoints.append(endpoint)
+        return ",".join(endpoints)
+
+    @model_validator(mode="after")
+    def _triton_tls_files(self) -> GatewaySettings:
+        """A client certificate for Triton needs its key, and both need the root certificate."""
+        if (self.triton_tls_cert is None) != (self.triton_tls_key is None):
+            raise ValueError("set both CDE_TRITON_TLS_CERT and CDE_TRITON_TLS_KEY, or neither")
+        if self.triton_tls_cert is not None and self.triton_tls_ca is None:
+            raise ValueError("CDE_TRITON_TLS_CERT needs CDE_TRITON_TLS_CA (TLS to Triton)")
+        return self
+
+    @property
+    def triton_endpoints(self) -> list[str]:
+        """The Triton endpoints of `triton_url`, in order (empty when unset)."""
+        return self.triton_url.split(",") if self.triton_url else []
 
     @property
     def address(self) -> str:

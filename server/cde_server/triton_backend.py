@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -82,6 +83,15 @@ class ServedModelInfo:
 
 
 @dataclass(frozen=True)
+class TritonTls:
+    """TLS to Triton's gRPC port: the root certificate to trust, optionally a client identity."""
+
+    root_certificate: Path
+    certificate_chain: Path | None = None
+    private_key: Path | None = None
+
+
+@dataclass(frozen=True)
 class ContextRef:
     """A context as the backend needs it: its id, and how to load its embeddings on a miss."""
 
@@ -138,6 +148,7 @@ class TritonBackend:
         timeout_s: float = 60.0,
         embed_path: str = "direct",
         observer: BackendObserver | None = None,
+        tls: TritonTls | None = None,
     ) -> None:
         self.url = url
         self._timeout_s = timeout_s
@@ -145,11 +156,19 @@ class TritonBackend:
         self._observer: BackendObserver = observer if observer is not None else _NullObserver()
         self._client = triton_aio.InferenceServerClient(
             url,
+            ssl=tls is not None,
+            root_certificates=_path(tls.root_certificate if tls else None),
+            private_key=_path(tls.private_key if tls else None),
+            certificate_chain=_path(tls.certificate_chain if tls else None),
             # No keepalive pings: Triton answers pings more frequent than every 5 minutes
-            # with GOAWAY "too_many_pings", which kills calls in flight.
+            # with GOAWAY "too_many_pings", which kills calls in flight. Reconnect within
+            # about a second, so a restarted Triton is used again soon after it is back.
             channel_args=[
                 ("grpc.max_send_message_length", -1),
                 ("grpc.max_receive_message_length", -1),
+                ("grpc.initial_reconnect_backoff_ms", 250),
+                ("grpc.min_reconnect_backoff_ms", 250),
+                ("grpc.max_reconnect_backoff_ms", 1000),
             ],
         )
         self._priming: dict[str, asyncio.Future[None]] = {}
@@ -445,6 +464,10 @@ class TritonBackend:
         if self._direct:
             return (tp.TOKENIZE_MODEL, tp.FIRST_STAGE_MODEL)
         return (tp.CONTEXT_ENSEMBLE,)
+
+
+def _path(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _load_once(load: DatasetLoader) -> DatasetLoader:

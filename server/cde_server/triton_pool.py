@@ -1,0 +1,227 @@
+"""Several Triton servers behind one client: least-outstanding choice, failover and rejoin.
+
+`TritonPool` offers what the gateway uses (`embed`, `embed_context`, `model_info`, `ready`,
+`close`) over one `TritonBackend` per endpoint. A call goes to the up endpoint with the fewest
+calls in flight (ties: round robin). A call failing with UNAVAILABLE (connection refused or
+reset, Triton stopping, model not ready) marks its endpoint down and is retried on another up
+endpoint: all backend work is idempotent. `ready()` probes every endpoint (server ready and
+every needed model ready), marking each up or down; the health monitor calls it every
+CDE_HEALTH_INTERVAL_S, which is how a down endpoint rejoins. With no endpoint up, calls fail at
+once with UNAVAILABLE. Each Triton fills its own context cache on demand (cache-miss protocol).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from cde_server.errors import BackendUnavailableError, DeadlineExceededError
+from cde_server.triton_backend import (
+    BackendObserver,
+    ContextRef,
+    Encoded,
+    ServedModelInfo,
+    TritonBackend,
+    TritonTls,
+)
+
+logger = logging.getLogger("cde_server.triton_pool")
+
+T = TypeVar("T")
+
+
+class PoolObserver(BackendObserver, Protocol):
+    """Receives the per-endpoint state the metrics export (and the Triton calls)."""
+
+    def endpoint_up(self, endpoint: str, up: bool) -> None:
+        """`endpoint` was marked up (takes requests) or down."""
+
+    def endpoint_outstanding(self, endpoint: str, count: int) -> None:
+        """`count` backend calls are now in flight on `endpoint`."""
+
+    def endpoint_call(self, endpoint: str, result: str) -> None:
+        """One backend call on `endpoint` ended: "ok", "unavailable" (retried) or "error"."""
+
+
+class _NullObserver:
+    def triton_call(self, model: str, seconds: float, code: str) -> None:
+        pass
+
+    def context_cache(self, hit: bool) -> None:
+        pass
+
+    def endpoint_up(self, endpoint: str, up: bool) -> None:
+        pass
+
+    def endpoint_outstanding(self, endpoint: str, count: int) -> None:
+        pass
+
+    def endpoint_call(self, endpoint: str, result: str) -> None:
+        pass
+
+
+@dataclass
+class _Endpoint:
+    url: str
+    backend: TritonBackend
+    up: bool = True
+    outstanding: int = 0
+
+
+class TritonPool:
+    """Spreads backend calls over Triton endpoints; fails over and lets them rejoin."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        timeout_s: float = 60.0,
+        embed_path: str = "direct",
+        observer: PoolObserver | None = None,
+        tls: TritonTls | None = None,
+    ) -> None:
+        """One endpoint per host:port in `urls` (distinct); all start marked up."""
+        if not urls or len(set(urls)) != len(urls):
+            raise ValueError(f"need distinct Triton endpoints, got {list(urls)}")
+        self._timeout_s = timeout_s
+        self._observer: PoolObserver = observer if observer is not None else _NullObserver()
+        self._endpoints = [
+            _Endpoint(
+                url,
+                TritonBackend(
+                    url,
+                    timeout_s=timeout_s,
+                    embed_path=embed_path,
+                    observer=self._observer,
+                    tls=tls,
+                ),
+            )
+            for url in urls
+        ]
+        self._next = 0
+        for endpoint in self._endpoints:
+            self._observer.endpoint_up(endpoint.url, True)
+            self._observer.endpoint_outstanding(endpoint.url, 0)
+
+    @property
+    def urls(self) -> list[str]:
+        """Every endpoint, in configuration order."""
+        return [endpoint.url for endpoint in self._endpoints]
+
+    @property
+    def up_urls(self) -> list[str]:
+        """The endpoints that take requests now."""
+        return [endpoint.url for endpoint in self._endpoints if endpoint.up]
+
+    def describe(self) -> str:
+        """The endpoints and their state, for logs: "a:8001 (up), b:8001 (down)"."""
+        return ", ".join(f"{e.url} ({'up' if e.up else 'down'})" for e in self._endpoints)
+
+    async def close(self) -> None:
+        """Close every channel."""
+        await asyncio.gather(*(endpoint.backend.close() for endpoint in self._endpoints))
+
+    async def ready(self, timeout_s: float = 2.0) -> bool:
+        """Probe every endpoint, mark each up or down; whether at least one is up."""
+        results = await asyncio.gather(
+            *(endpoint.backend.ready(timeout_s) for endpoint in self._endpoints)
+        )
+        for endpoint, ready in zip(self._endpoints, results, strict=True):
+            self._mark(endpoint, ready, "not ready")
+        return any(results)
+
+    async def model_info(self, timeout_s: float | None = None) -> ServedModelInfo:
+        """The served model's information, from any up endpoint."""
+        return await self._call(lambda backend, left: backend.model_info(left), timeout_s)
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        context: ContextRef,
+        *,
+        max_tokens: int,
+        allow_truncation: bool = True,
+        timeout_s: float | None = None,
+    ) -> Encoded:
+        """Second-stage embeddings (see `TritonBackend.embed`) on one up endpoint."""
+
+        def work(backend: TritonBackend, left: float) -> Awaitable[Encoded]:
+            return backend.embed(
+                texts,
+                context,
+                max_tokens=max_tokens,
+                allow_truncation=allow_truncation,
+                timeout_s=left,
+            )
+
+        return await self._call(work, timeout_s)
+
+    async def embed_context(
+        self, documents: Sequence[str], *, timeout_s: float | None = None
+    ) -> Encoded:
+        """First-stage dataset embeddings (see `TritonBackend.embed_context`)."""
+        return await self._call(
+            lambda backend, left: backend.embed_context(documents, timeout_s=left), timeout_s
+        )
+
+    async def _call(
+        self, work: Callable[[TritonBackend, float], Awaitable[T]], timeout_s: float | None
+    ) -> T:
+        """Run `work` on the best up endpoint; on UNAVAILABLE mark it down and try another."""
+        budget = self._timeout_s if timeout_s is None else min(timeout_s, self._timeout_s)
+        deadline = time.monotonic() + budget
+        tried: set[int] = set()
+        failure: BackendUnavailableError | None = None
+        while (index := self._choose(tried)) is not None:
+            tried.add(index)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceededError("deadline exceeded while waiting for the model")
+            endpoint = self._endpoints[index]
+            endpoint.outstanding += 1
+            self._observer.endpoint_outstanding(endpoint.url, endpoint.outstanding)
+            result = "error"
+            try:
+                value = await work(endpoint.backend, left)
+                result = "ok"
+                return value
+            except BackendUnavailableError as exc:
+                result = "unavailable"
+                failure = exc
+                self._mark(endpoint, False, exc.message)
+            finally:
+                endpoint.outstanding -= 1
+                self._observer.endpoint_outstanding(endpoint.url, endpoint.outstanding)
+                self._observer.endpoint_call(endpoint.url, result)
+        if failure is not None:
+            raise failure
+        raise BackendUnavailableError(f"no inference server is available ({self.describe()})")
+
+    def _choose(self, tried: set[int]) -> int | None:
+        """The untried up endpoint with the fewest calls in flight; ties go round robin."""
+        count = len(self._endpoints)
+        best: int | None = None
+        for step in range(count):
+            index = (self._next + step) % count
+            endpoint = self._endpoints[index]
+            if not endpoint.up or index in tried:
+                continue
+            if best is None or endpoint.outstanding < self._endpoints[best].outstanding:
+                best = index
+        if best is not None:
+            self._next = (best + 1) % count
+        return best
+
+    def _mark(self, endpoint: _Endpoint, up: bool, reason: str) -> None:
+        if endpoint.up == up:
+            return
+        endpoint.up = up
+        self._observer.endpoint_up(endpoint.url, up)
+        if up:
+            logger.info("Triton endpoint %s is up again", endpoint.url)
+        else:
+            logger.warning("Triton endpoint %s marked down: %s", endpoint.url, reason)
