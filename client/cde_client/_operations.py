@@ -270,12 +270,22 @@ def get_context_set(
 
 
 def list_context_sets(
-    core: ClientCore, *, page_size: int = 0, timeout: float | None = None
+    core: ClientCore,
+    *,
+    page_size: int = 0,
+    all_tenants: bool = False,
+    timeout: float | None = None,
 ) -> Stream[ContextSet]:
-    """All context sets in name order, fetched page by page (`page_size` 0: the server's)."""
+    """All context sets in name order, fetched page by page (`page_size` 0: the server's).
+
+    `all_tenants`: every tenant's sets, named "tenant/name" (needs an admin API key, else
+    PermissionDenied).
+    """
     token = ""
     while True:
-        request = pb.ListContextSetsRequest(page_size=page_size, page_token=token)
+        request = pb.ListContextSetsRequest(
+            page_size=page_size, page_token=token, all_tenants=all_tenants
+        )
         response = yield from _unary(core, calls.LIST_CONTEXT_SETS, request, timeout)
         for message in response.context_sets:
             yield Emit(conversions.context_set(message))

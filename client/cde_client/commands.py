@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     listing = context_commands.add_parser("list", parents=[connection], help="list context sets")
     listing.add_argument("--json", action="store_true", help="print JSON lines")
+    listing.add_argument(
+        "--all-tenants", action="store_true", help="every tenant's sets (admin API key)"
+    )
     listing.set_defaults(func=run, handler=_context_list)
 
     show = context_commands.add_parser("show", parents=[connection], help="describe a context set")
@@ -150,7 +153,7 @@ def _context_create(client: CdeClient, args: argparse.Namespace) -> int:
 
 
 def _context_list(client: CdeClient, args: argparse.Namespace) -> int:
-    sets = list(client.list_context_sets())
+    sets = list(client.list_context_sets(all_tenants=args.all_tenants))
     if args.json:
         for context_set in sets:
             print(json.dumps(_context_set_json(context_set)))

@@ -299,13 +299,19 @@ class CdeClient(ClientBase):
         self,
         *,
         page_size: int = 0,
+        all_tenants: bool = False,
         timeout: float | None = None,
     ) -> Iterator[ContextSet]:
-        """All context sets in name order, fetched page by page (`page_size` 0: the server's)."""
+        """All context sets in name order, fetched page by page (`page_size` 0: the server's).
+
+        `all_tenants`: every tenant's sets, named "tenant/name" (needs an admin API key, else
+        PermissionDenied).
+        """
         return self._iterate(
             _ops.list_context_sets(
                 self._core,
                 page_size=page_size,
+                all_tenants=all_tenants,
                 timeout=timeout,
             )
         )

@@ -18,6 +18,8 @@ from cde.v1 import embedding_service_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from cde_server import listeners
+from cde_server.auth import Authenticator
 from cde_server.health import HealthMonitor
 from cde_server.metrics import GatewayMetrics
 from cde_server.prompts import BUILTIN_PROMPTS, DEFAULT_PROMPT
@@ -49,7 +51,10 @@ class Gateway:
             tls=_triton_tls(settings),
         )
         self.model = ServedModel(self.backend, document_prefix=BUILTIN_PROMPTS[DEFAULT_PROMPT])
+        self.authenticator = Authenticator.from_file(settings.api_keys_file)
         self.port = 0
+        self.health_port: int | None = None
+        self._health_server: grpc.aio.Server | None = None
         self.metrics_port: int | None = None
         self._store: Store | None = None
         self._server: grpc.aio.Server | None = None
@@ -76,6 +81,7 @@ class Gateway:
             store=self._store,
             model=self.model,
             metrics=self.metrics,
+            authenticator=self.authenticator,
         )
         self._health = HealthMonitor(
             backend=self.backend,
@@ -101,12 +107,14 @@ class Gateway:
              reflection.SERVICE_NAME],
             server,
         )  # fmt: skip
-        self.port = server.add_insecure_port(s.address)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {s.address}")
+        self.port = listeners.bind_api_port(server, s)
         await self._health.start()
         await server.start()
         self._server = server
+        if s.health_port is not None:
+            self._health_server, self.health_port = await listeners.start_health_server(
+                s, self._health.servicer
+            )
         if s.metrics_port is not None:
             self.metrics_port = self.metrics.serve(s.host, s.metrics_port)
         if s.warm_up_default_context:
@@ -130,11 +138,21 @@ class Gateway:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+            self._health_server = None
         self.metrics.stop()
         await self.backend.close()
         if self._store is not None:
             await self._store.close()
             self._store = None
+
+    def security_summary(self) -> list[str]:
+        """Banner lines: authentication mode and TLS (e.g. "auth: off (no CDE_API_KEYS_FILE)")."""
+        return [
+            self.authenticator.summary(),
+            listeners.tls_summary(self.settings, self.health_port),
+        ]
 
     async def wait(self) -> None:
         """Block until the server stops."""

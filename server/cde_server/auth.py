@@ -121,7 +121,10 @@ def generate_key() -> str:
 
 def key_entry_toml(tenant: str, key_sha256: str, *, admin: bool = False) -> str:
     """The keys-file entry for one key."""
-    entry = KeyEntry(tenant=tenant, key_sha256=key_sha256, admin=admin)
+    try:
+        entry = KeyEntry(tenant=tenant, key_sha256=key_sha256, admin=admin)
+    except ValidationError as exc:
+        raise ValueError("; ".join(error["msg"] for error in exc.errors())) from None
     lines = ["[[keys]]", f'tenant = "{entry.tenant}"', f'key_sha256 = "{entry.key_sha256}"']
     if admin:
         lines.append("admin = true")

@@ -1,8 +1,11 @@
-"""What happens around every RPC: request id in and out, deadline, status mapping, metrics, log.
+"""What happens around every RPC: request id in and out, API key and rate limit, deadline,
+status mapping, metrics, log.
 
-Handlers run their work inside `async with scopes.open(rpc, context) as call:`; a domain error
-raised there becomes the call's gRPC status (via `status.status_of`), and the call is counted
-and logged once, with its request id, code and duration.
+Handlers run their work inside `async with scopes.open(rpc, context) as call:`; entering
+authenticates the caller (`call.tenant`) and takes a token of its tenant's rate limit. A
+domain error raised there becomes the call's gRPC status (via `status.status_of`, with a
+`retry-after` trailer when the error has a hint), and the call is counted and logged once,
+with its request id, tenant, code and duration.
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ from types import TracebackType
 
 import grpc
 
+from cde_server.auth import Authenticator
+from cde_server.errors import ResourceExhaustedError, UnauthenticatedError
+from cde_server.limits import Limits, TenantLimiter
 from cde_server.metrics import GatewayMetrics
 from cde_server.request_log import REQUEST_ID_HEADER, current_request_id, request_id_from
 from cde_server.status import status_of
 
 logger = logging.getLogger("cde_server.calls")
 _SERVER_FAULTS = frozenset({"INTERNAL", "UNAVAILABLE", "UNKNOWN", "DATA_LOSS"})
+RETRY_AFTER_HEADER = "retry-after"
 
 
 @dataclass
@@ -33,6 +40,9 @@ class Call:
     context: grpc.aio.ServicerContext
     started: float = field(default_factory=time.perf_counter)
     code: str = "OK"
+    tenant: str = ""
+    """The caller's tenant ("" when authentication is off): every store access is scoped to it."""
+    admin: bool = False
 
     def timeout_s(self) -> float | None:
         """Seconds left before the caller's deadline (None: no deadline)."""
@@ -50,9 +60,19 @@ class CallScope:
         self._token: contextvars.Token[str | None] | None = None
 
     async def __aenter__(self) -> Call:
-        self._token = current_request_id.set(self._call.request_id)
-        self._call.context.set_trailing_metadata(((REQUEST_ID_HEADER, self._call.request_id),))
-        return self._call
+        call = self._call
+        self._token = current_request_id.set(call.request_id)
+        call.context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
+        try:
+            principal = self._scopes.authenticator.authenticate(call.context.invocation_metadata())
+            call.tenant, call.admin = principal.tenant, principal.admin
+            self._scopes.limiter.admit(call.tenant)
+        except (UnauthenticatedError, ResourceExhaustedError) as exc:
+            reason = "unauthenticated" if isinstance(exc, UnauthenticatedError) else "rate_limit"
+            self._scopes.rejected(reason)
+            await self.__aexit__(type(exc), exc, exc.__traceback__)  # aborts the call
+            raise
+        return call
 
     async def __aexit__(
         self,
@@ -67,6 +87,14 @@ class CallScope:
             elif isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
                 code, message = status_of(exc)
                 call.code = code.name
+                retry_after = getattr(exc, "retry_after", None)
+                if isinstance(exc, ResourceExhaustedError) and retry_after is not None:
+                    call.context.set_trailing_metadata(
+                        (
+                            (REQUEST_ID_HEADER, call.request_id),
+                            (RETRY_AFTER_HEADER, f"{max(retry_after, 0.001):.3f}"),
+                        )
+                    )
                 await call.context.abort(code, message)
         finally:
             self._scopes.finish(call)
@@ -75,10 +103,22 @@ class CallScope:
 
 
 class CallScopes:
-    """Opens a scope per RPC; owns the per-call metrics and access log."""
+    """Opens a scope per RPC; owns authentication, rate limits, per-call metrics and log."""
 
-    def __init__(self, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        *,
+        authenticator: Authenticator | None = None,
+        limiter: TenantLimiter | None = None,
+    ) -> None:
         self._metrics = metrics
+        self.authenticator = authenticator or Authenticator(None)
+        self.limiter = limiter or TenantLimiter(lambda _tenant: Limits())
+
+    def rejected(self, reason: str) -> None:
+        """Count a call refused before its work (unauthenticated, rate or stream limit)."""
+        self._metrics.rejections.labels(reason).inc()
 
     def open(self, rpc: str, context: grpc.aio.ServicerContext) -> CallScope:
         """`async with scopes.open("Embed", context) as call:` around the RPC's work."""
@@ -98,5 +138,10 @@ class CallScopes:
             "%s %s",
             call.rpc,
             call.code,
-            extra={"rpc": call.rpc, "code": call.code, "duration_ms": round(seconds * 1000, 2)},
+            extra={
+                "rpc": call.rpc,
+                "code": call.code,
+                "tenant": call.tenant,
+                "duration_ms": round(seconds * 1000, 2),
+            },
         )

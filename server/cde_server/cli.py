@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "cde_server.commands.make_checkpoint",
     "cde_server.commands.triton",
     "cde_server.commands.serve",
+    "cde_server.commands.keys",
     "cde_client.commands",
 )
 

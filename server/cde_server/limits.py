@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cde_server.auth import TenantLimits
+from cde_server.auth import Authenticator, TenantLimits
 from cde_server.errors import ResourceExhaustedError
+from cde_server.settings import GatewaySettings
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,8 @@ class TenantLimiter:
                 retry_after=wait,
             )
 
-    @contextmanager
-    def stream(self, tenant: str) -> Iterator[None]:
-        """Hold one of the tenant's stream slots while a streaming call runs."""
+    def acquire_stream(self, tenant: str) -> None:
+        """Take one of the tenant's stream slots (`release_stream` when the stream ends)."""
         limit = self.limits_of(tenant).max_streams
         open_now = self._streams.get(tenant, 0)
         if limit > 0 and open_now >= limit:
@@ -99,12 +98,22 @@ class TenantLimiter:
                 retry_after=1.0,
             )
         self._streams[tenant] = open_now + 1
-        try:
-            yield
-        finally:
-            self._streams[tenant] -= 1
-            if not self._streams[tenant]:
-                del self._streams[tenant]
+
+    def release_stream(self, tenant: str) -> None:
+        """Give back a slot taken by `acquire_stream`."""
+        self._streams[tenant] -= 1
+        if not self._streams[tenant]:
+            del self._streams[tenant]
+
+
+def tenant_limiter(settings: GatewaySettings, authenticator: Authenticator) -> TenantLimiter:
+    """The limiter of a gateway: CDE_ settings, overridden per tenant by the keys file."""
+    base = Limits(
+        rate_rps=settings.rate_limit_rps,
+        burst=settings.rate_limit_burst,
+        max_streams=settings.max_streams_per_tenant,
+    )
+    return TenantLimiter(lambda tenant: base.with_overrides(authenticator.tenant_limits(tenant)))
 
 
 def _who(tenant: str) -> str:

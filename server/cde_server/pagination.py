@@ -12,7 +12,7 @@ import binascii
 
 from cde_server.errors import InvalidArgumentError
 from cde_server.names import is_valid_name
-from cde_server.stores.base import ContextSetSummary, Store
+from cde_server.stores.base import NAMESPACE_SEPARATOR, ContextSetSummary, Store
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -43,7 +43,8 @@ def decode_page_token(token: str) -> str | None:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raw = ""
     name = raw.removeprefix(_TOKEN_VERSION)
-    if not raw.startswith(_TOKEN_VERSION) or not is_valid_name(name):
+    parts = name.split(NAMESPACE_SEPARATOR, 1)  # "tenant/name" when listing all tenants
+    if not raw.startswith(_TOKEN_VERSION) or not all(is_valid_name(part) for part in parts):
         raise InvalidArgumentError("invalid page_token; pass the next_page_token of a listing")
     return name
 

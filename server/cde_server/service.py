@@ -17,14 +17,17 @@ from cde.v1 import embedding_service_pb2 as pb
 from cde.v1 import embedding_service_pb2_grpc as pb_grpc
 
 from cde_server import context_sets, pagination, wire
+from cde_server.auth import Authenticator
 from cde_server.call_scope import Call, CallScopes
 from cde_server.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
     UnavailableError,
 )
+from cde_server.limits import tenant_limiter
 from cde_server.metrics import GatewayMetrics
 from cde_server.names import validate_context_set_name
 from cde_server.prompts import PromptRegistry
@@ -32,6 +35,7 @@ from cde_server.served_model import ServedModel
 from cde_server.settings import GatewaySettings
 from cde_server.status import status_of
 from cde_server.stores.base import Store
+from cde_server.tenancy import TenantStore
 from cde_server.triton_backend import ContextRef
 from cde_server.triton_pool import TritonPool
 
@@ -63,28 +67,38 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
         store: Store,
         model: ServedModel,
         metrics: GatewayMetrics,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self._settings = settings
         self._backend = backend
         self._store = store
         self._model = model
         self._metrics = metrics
-        self._prompts = PromptRegistry(store)
-        self._calls = CallScopes(metrics)
+        authenticator = authenticator or Authenticator(None)
+        self._limiter = tenant_limiter(settings, authenticator)
+        self._calls = CallScopes(metrics, authenticator=authenticator, limiter=self._limiter)
         self._open_streams = 0
+
+    def _store_of(self, call: Call) -> TenantStore:
+        """The store as the call's tenant sees it (its own context sets and prompts)."""
+        return TenantStore(self._store, call.tenant)
+
+    def _prompts_of(self, call: Call) -> PromptRegistry:
+        """Built-in prompts and the call's tenant's custom prompts."""
+        return PromptRegistry(self._store_of(call))
 
     # --- embedding ------------------------------------------------------------------------
     async def Embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
         """Embed up to max_texts_per_request texts."""
         async with self._calls.open("Embed", context) as call:
-            result = await self._embed(request, call.timeout_s())
+            result = await self._embed(request, call)
             return self._embed_response(result, call.request_id)
 
     async def EmbedStream(
         self, request_iterator: AsyncIterator[pb.EmbedStreamRequest], context: Context
     ) -> AsyncIterator[pb.EmbedStreamResponse]:
         """Bulk Embed: items run concurrently (bounded), answers come back in order."""
-        async with self._calls.open("EmbedStream", context) as call, self._stream_slot():
+        async with self._calls.open("EmbedStream", context) as call, self._stream_slot(call):
             window = asyncio.Semaphore(self._settings.stream_max_in_flight)
             pending: asyncio.Queue[asyncio.Task[pb.EmbedStreamResponse] | None] = asyncio.Queue()
 
@@ -118,7 +132,7 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
         """One stream item: its response, or its error as ItemError."""
         started = time.perf_counter()
         try:
-            result = await self._embed(request, call.timeout_s())
+            result = await self._embed(request, call)
         except Exception as exc:
             code, message = status_of(exc)
             self._calls.item_done("EmbedStreamItem", code.name, started)
@@ -130,12 +144,15 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
             sequence=sequence, response=self._embed_response(result, call.request_id)
         )
 
-    async def _embed(self, request: pb.EmbedRequest, timeout_s: float | None) -> EmbedResult:
+    async def _embed(self, request: pb.EmbedRequest, call: Call) -> EmbedResult:
         """Validate, resolve prompt and context, run the second stage, normalize."""
+        timeout_s = call.timeout_s()
         texts = self._checked_texts(request.texts)
-        prompt = await self._prompts.resolve(request.prompt)
+        prompt = await self._prompts_of(call).resolve(request.prompt)
         info = await self._model.info()
-        context, revision = await self._context(request.context_set, info.fingerprint)
+        context, revision = await self._context(
+            request.context_set, info.fingerprint, self._store_of(call)
+        )
         truncate = request.truncate if request.HasField("truncate") else True
         encoded = await self._backend.embed(
             [prompt.apply(text) for text in texts],
@@ -171,17 +188,19 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
                 )
         return texts
 
-    async def _context(self, name: str, fingerprint: str) -> tuple[ContextRef, int]:
+    async def _context(
+        self, name: str, fingerprint: str, store: TenantStore
+    ) -> tuple[ContextRef, int]:
         """The context to embed with and its revision ("" → the built-in default, revision 0)."""
         if not name:
             default, _ = await self._model.default_context()
             return default, 0
         validate_context_set_name(name)
-        summary = await self._store.get_summary(name)
+        summary = await store.get_summary(name)
         context_sets.require_compatible(summary, fingerprint)
 
         async def load() -> FloatMatrix:
-            stored = await self._store.get_context_set(name)
+            stored = await store.get_context_set(name)
             if stored.context_id != summary.context_id:
                 raise UnavailableError(
                     f'context set "{name}" was replaced during the request; retry'
@@ -206,12 +225,16 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
         self, request_iterator: AsyncIterator[pb.CreateContextSetRequest], context: Context
     ) -> pb.CreateContextSetResponse:
         """Options, then documents: sample N, embed them with stage 1, store the set."""
-        async with self._calls.open("CreateContextSet", context), self._stream_slot():
+        async with (
+            self._calls.open("CreateContextSet", context) as call,
+            self._stream_slot(call),
+        ):
+            store = self._store_of(call)
             options = await self._read_options(request_iterator)
             name = validate_context_set_name(options.name)
-            prompt = await self._prompts.resolve(options.prompt)
+            prompt = await self._prompts_of(call).resolve(options.prompt)
             if not options.replace:
-                await self._refuse_existing(name)
+                await self._refuse_existing(name, store)
             collector = context_sets.DocumentCollector(
                 max_documents=self._settings.max_context_documents,
                 max_document_bytes=self._settings.max_text_bytes,
@@ -239,7 +262,7 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
                 sampling=sampling,
                 model_fingerprint=info.fingerprint,
             )
-            stored = await self._store.create_context_set(record, replace=options.replace)
+            stored = await store.create_context_set(record, replace=options.replace)
             return pb.CreateContextSetResponse(
                 context_set=wire.context_set(stored.summary(), model_fingerprint=info.fingerprint)
             )
@@ -256,10 +279,11 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
             raise InvalidArgumentError("the first message must carry options")
         return first.options
 
-    async def _refuse_existing(self, name: str) -> None:
+    @staticmethod
+    async def _refuse_existing(name: str, store: TenantStore) -> None:
         """Fail fast, before the documents are sent (the store still decides atomically)."""
         with contextlib.suppress(NotFoundError):
-            await self._store.get_summary(name)
+            await store.get_summary(name)
             raise AlreadyExistsError(
                 f'context set "{name}" already exists; use replace to rebuild it'
             )
@@ -276,17 +300,16 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
         self, request: pb.GetContextSetRequest, context: Context
     ) -> pb.GetContextSetResponse:
         """Metadata, and on request the documents and dataset embeddings."""
-        async with self._calls.open("GetContextSet", context):
+        async with self._calls.open("GetContextSet", context) as call:
+            store = self._store_of(call)
             name = validate_context_set_name(request.name)
             fingerprint = (await self._model.info()).fingerprint
             if not (request.include_documents or request.include_embeddings):
-                summary = await self._store.get_summary(name)
+                summary = await store.get_summary(name)
                 return pb.GetContextSetResponse(
                     context_set=wire.context_set(summary, model_fingerprint=fingerprint)
                 )
-            stored = await self._store.get_context_set(
-                name, with_documents=request.include_documents
-            )
+            stored = await store.get_context_set(name, with_documents=request.include_documents)
             response = pb.GetContextSetResponse(
                 context_set=wire.context_set(stored.summary(), model_fingerprint=fingerprint),
                 documents=stored.documents if request.include_documents else (),
@@ -298,10 +321,16 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
     async def ListContextSets(
         self, request: pb.ListContextSetsRequest, context: Context
     ) -> pb.ListContextSetsResponse:
-        """One page of sets in name order."""
-        async with self._calls.open("ListContextSets", context):
+        """One page of the tenant's sets (with all_tenants, an admin's: everyone's) by name."""
+        async with self._calls.open("ListContextSets", context) as call:
+            store: Store = self._store_of(call)
+            if request.all_tenants:
+                if not call.admin:
+                    self._calls.rejected("permission_denied")
+                    raise PermissionDeniedError("all_tenants needs an admin API key")
+                store = self._store  # names come back as "tenant/name"
             summaries, next_token = await pagination.list_page(
-                self._store, requested_size=request.page_size, page_token=request.page_token
+                store, requested_size=request.page_size, page_token=request.page_token
             )
             fingerprint = await self._fingerprint_if_known()
             return pb.ListContextSetsResponse(
@@ -315,8 +344,9 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
         self, request: pb.DeleteContextSetRequest, context: Context
     ) -> pb.DeleteContextSetResponse:
         """Delete a set (NOT_FOUND if absent)."""
-        async with self._calls.open("DeleteContextSet", context):
-            await self._store.delete_context_set(validate_context_set_name(request.name))
+        async with self._calls.open("DeleteContextSet", context) as call:
+            name = validate_context_set_name(request.name)
+            await self._store_of(call).delete_context_set(name)
             return pb.DeleteContextSetResponse()
 
     # --- prompts ------------------------------------------------------------------------------
@@ -324,24 +354,24 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
         self, request: pb.ListPromptsRequest, context: Context
     ) -> pb.ListPromptsResponse:
         """Built-ins, then custom prompts by name."""
-        async with self._calls.open("ListPrompts", context):
-            prompts = await self._prompts.list()
+        async with self._calls.open("ListPrompts", context) as call:
+            prompts = await self._prompts_of(call).list()
             return pb.ListPromptsResponse(prompts=[wire.prompt(p) for p in prompts])
 
     async def PutPrompt(
         self, request: pb.PutPromptRequest, context: Context
     ) -> pb.PutPromptResponse:
         """Create or replace a custom prompt."""
-        async with self._calls.open("PutPrompt", context):
-            prompt = await self._prompts.put(request.name, request.text)
+        async with self._calls.open("PutPrompt", context) as call:
+            prompt = await self._prompts_of(call).put(request.name, request.text)
             return pb.PutPromptResponse(prompt=wire.prompt(prompt))
 
     async def DeletePrompt(
         self, request: pb.DeletePromptRequest, context: Context
     ) -> pb.DeletePromptResponse:
         """Delete a custom prompt."""
-        async with self._calls.open("DeletePrompt", context):
-            await self._prompts.delete(request.name)
+        async with self._calls.open("DeletePrompt", context) as call:
+            await self._prompts_of(call).delete(request.name)
             return pb.DeletePromptResponse()
 
     # --- model --------------------------------------------------------------------------------
@@ -378,17 +408,25 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
             return cached.fingerprint if cached is not None else ""
 
     @contextlib.asynccontextmanager
-    async def _stream_slot(self) -> AsyncIterator[None]:
-        """Count a streaming call against max_concurrent_streams (RESOURCE_EXHAUSTED beyond)."""
+    async def _stream_slot(self, call: Call) -> AsyncIterator[None]:
+        """Count a streaming call against max_concurrent_streams and its tenant's limit
+        (RESOURCE_EXHAUSTED beyond either)."""
         limit = self._settings.max_concurrent_streams
         if self._open_streams >= limit:
+            self._calls.rejected("streams")
             raise ResourceExhaustedError(
                 f"{limit} streams are open (the limit); retry later", retry_after=1.0
             )
+        try:
+            self._limiter.acquire_stream(call.tenant)
+        except ResourceExhaustedError:
+            self._calls.rejected("tenant_streams")
+            raise
         self._open_streams += 1
         self._metrics.open_streams.inc()
         try:
             yield
         finally:
+            self._limiter.release_stream(call.tenant)
             self._open_streams -= 1
             self._metrics.open_streams.dec()

@@ -98,6 +98,53 @@ class GatewaySettings(BaseSettings):
         description="items of one EmbedStream processed concurrently (flow control)",
     )
 
+    # --- security (README "Security") ---------------------------------------------------------
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="TOML file of hashed API keys and their tenants (unset: auth off)",
+    )
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate chain of the gRPC port (with CDE_TLS_KEY)"
+    )
+    tls_key: Path | None = Field(
+        default=None, description="PEM private key of the gRPC port (with CDE_TLS_CERT)"
+    )
+    tls_client_ca: Path | None = Field(
+        default=None, description="PEM CA(s): require client certificates signed by them"
+    )
+    health_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="extra plaintext port serving only grpc.health.v1 (unset: none)",
+    )
+    rate_limit_rps: float = Field(
+        default=0.0, ge=0, description="calls per second per tenant, token bucket (0: no limit)"
+    )
+    rate_limit_burst: int = Field(
+        default=0, ge=0, description="bucket size per tenant (0: the rate, at least 1)"
+    )
+    max_streams_per_tenant: int = Field(
+        default=0, ge=0, description="streaming calls one tenant may have open (0: no limit)"
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> GatewaySettings:
+        """CDE_TLS_CERT and CDE_TLS_KEY go together; a client CA needs them."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both CDE_TLS_CERT and CDE_TLS_KEY, or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("CDE_TLS_CLIENT_CA needs CDE_TLS_CERT and CDE_TLS_KEY")
+        return self
+
+    @field_validator("health_port", mode="before")
+    @classmethod
+    def _health_port_off(cls, value: object) -> object:
+        """No health-only port for "", "none" or "off"."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+            return None
+        return value
+
     @field_validator("metrics_port", mode="before")
     @classmethod
     def _metrics_off(cls, value: object) -> object:

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
+    from cde_server.auth import Authenticator, KeysFileError
     from cde_server.launcher import TritonProcess, TritonStartError
     from cde_server.request_log import configure_logging
     from cde_server.settings import GatewaySettings
@@ -65,6 +66,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"cde serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    try:
+        Authenticator.from_file(settings.api_keys_file)  # a bad keys file stops us before Triton
+    except KeysFileError as exc:
+        print(f"cde serve: {exc}", file=sys.stderr)
+        return 2
 
     def request_stop(signum: int, _frame: object) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -141,12 +147,15 @@ async def _announce(gateway: Gateway) -> None:
         print("cde serve: not SERVING yet (Triton or the store is unreachable)", file=sys.stderr)
     address = gateway.address
     print(f"cde serve: gateway ready on {address}", flush=True)
-    print(f'  try:  cde embed --address {address} "hello world"', flush=True)
-    print(
-        "        .venv/bin/buf curl --protocol grpc --http2-prior-knowledge "
-        f"http://{address}/cde.v1.EmbeddingService/GetModelInfo",
-        flush=True,
-    )
+    for line in gateway.security_summary():
+        print(f"  {line}", flush=True)
+    if gateway.settings.tls_cert is None and not gateway.authenticator.enabled:
+        print(f'  try:  cde embed --address {address} "hello world"', flush=True)
+        print(
+            "        .venv/bin/buf curl --protocol grpc --http2-prior-knowledge "
+            f"http://{address}/cde.v1.EmbeddingService/GetModelInfo",
+            flush=True,
+        )
     print("  stop: Ctrl-C", flush=True)
 
 
