@@ -252,6 +252,36 @@ def test_readers_never_see_a_half_replaced_set(store_url: str) -> None:
 # -- prompts -------------------------------------------------------------------------------
 
 
+def test_listing_by_namespace(store_url: str) -> None:
+    """Tenant namespaces ("t/name"): one namespace, the bare one (""), or every name."""
+    names = ["a", "t/b", "t/c", "t.x/d", "t-/e", "u/f", "z", "s/g"]
+
+    async def body(store: Store) -> None:
+        for name in names:
+            await store.create_context_set(make_set(name), replace=False)
+            await store.put_prompt(name, f"{name}: ")
+
+        async def listed(
+            namespace: str | None, after: str | None = None, limit: int = 50
+        ) -> list[str]:
+            found = await store.list_context_sets(after=after, limit=limit, namespace=namespace)
+            return [s.name for s in found]
+
+        assert await listed(None) == sorted(names)
+        assert await listed("") == ["a", "z"]
+        assert await listed("t") == ["t/b", "t/c"]
+        assert await listed("t", after="t/b") == ["t/c"]
+        assert await listed("t", after="a", limit=1) == ["t/b"]
+        assert await listed("t", after="t/c") == []
+        assert await listed("", after="a", limit=1) == ["z"]
+        assert await listed("nobody") == []
+        assert list(await store.list_prompts(namespace="t")) == ["t/b", "t/c"]
+        assert list(await store.list_prompts(namespace="")) == ["a", "z"]
+        assert len(await store.list_prompts()) == len(names)
+
+    run(with_store(store_url, body))
+
+
 def test_prompt_crud(store_url: str) -> None:
     async def body(store: Store) -> None:
         assert await store.list_prompts() == {}
