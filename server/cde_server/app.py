@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from cde_server import listeners
 from cde_server.auth import Authenticator
+from cde_server.decoding import DecodeGuard
 from cde_server.health import HealthMonitor
 from cde_server.metrics import GatewayMetrics
 from cde_server.prompts import BUILTIN_PROMPTS, DEFAULT_PROMPT
@@ -92,13 +93,14 @@ class Gateway:
             interval_s=s.health_interval_s,
         )
         server = grpc.aio.server(
+            interceptors=[DecodeGuard(service.calls, counted_services=[SERVICE_NAME])],
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-            ]
+            ],
         )
         pb_grpc.add_EmbeddingServiceServicer_to_server(service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health.servicer, server)

@@ -22,6 +22,7 @@ from cde_server.triton_protocol import context_id
 DEFAULT_SEED = 42
 DEFAULT_MAX_CONTEXT_DOCUMENTS = 100_000
 DEFAULT_MAX_DOCUMENT_BYTES = 64 * 1024
+DEFAULT_MAX_TOTAL_BYTES = 64 * 1024 * 1024
 _SHOWN_FINGERPRINT = 12
 
 
@@ -52,10 +53,13 @@ class DocumentCollector:
         *,
         max_documents: int = DEFAULT_MAX_CONTEXT_DOCUMENTS,
         max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+        max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
     ) -> None:
-        """Limits: documents per set, UTF-8 bytes per document."""
+        """Limits: documents per set, UTF-8 bytes per document and of all documents."""
         self.max_documents = max_documents
         self.max_document_bytes = max_document_bytes
+        self.max_total_bytes = max_total_bytes
+        self.total_bytes = 0
         self._documents: list[str] = []
 
     def add(self, batch: Iterable[str]) -> None:
@@ -76,6 +80,12 @@ class DocumentCollector:
                     f"context document {index} is {size} bytes; the limit is "
                     f"{self.max_document_bytes}"
                 )
+            if self.total_bytes + size > self.max_total_bytes:
+                raise InvalidArgumentError(
+                    f"the context documents exceed the limit of {self.max_total_bytes} bytes "
+                    f"in total at document {index}; send a smaller sample of the corpus"
+                )
+            self.total_bytes += size
             self._documents.append(document)
 
     @property

@@ -79,6 +79,11 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
         self._calls = CallScopes(metrics, authenticator=authenticator, limiter=self._limiter)
         self._open_streams = 0
 
+    @property
+    def calls(self) -> CallScopes:
+        """This service's call scopes (the transport's interceptors count calls with them)."""
+        return self._calls
+
     def _store_of(self, call: Call) -> TenantStore:
         """The store as the call's tenant sees it (its own context sets and prompts)."""
         return TenantStore(self._store, call.tenant)
@@ -238,6 +243,7 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
             collector = context_sets.DocumentCollector(
                 max_documents=self._settings.max_context_documents,
                 max_document_bytes=self._settings.max_text_bytes,
+                max_total_bytes=self._settings.max_context_bytes,
             )
             async for message in request_iterator:
                 if message.HasField("options"):
@@ -395,6 +401,7 @@ class EmbeddingService(pb_grpc.EmbeddingServiceServicer):
                     max_message_bytes=s.max_message_bytes,
                     max_context_documents=s.max_context_documents,
                     max_concurrent_streams=s.max_concurrent_streams,
+                    max_context_bytes=s.max_context_bytes,
                 ),
             )
 

@@ -87,6 +87,11 @@ class GatewaySettings(BaseSettings):
     max_context_documents: int = Field(
         default=16384, ge=1, description="source documents in one CreateContextSet"
     )
+    max_context_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="UTF-8 bytes of all documents in one CreateContextSet",
+    )
     max_concurrent_streams: int = Field(
         default=64,
         ge=1,

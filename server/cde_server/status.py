@@ -41,6 +41,10 @@ class ErrorCase:
 
 
 ERROR_TABLE: tuple[ErrorCase, ...] = (
+    ErrorCase("Request bytes that do not parse (a text field not UTF-8, truncated or not "
+              "protobuf), in any RPC or stream message", grpc.StatusCode.INVALID_ARGUMENT,
+              "the request is not a valid cde.v1.EmbedRequest message: Error parsing message "
+              "... (text fields must be UTF-8; ...)"),
     ErrorCase("Embed with no texts", grpc.StatusCode.INVALID_ARGUMENT,
               "texts is empty; send 1 to 256 texts"),
     ErrorCase("More texts than CDE_MAX_TEXTS_PER_REQUEST", grpc.StatusCode.INVALID_ARGUMENT,
@@ -70,6 +74,10 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
     ErrorCase("CreateContextSet: more than CDE_MAX_CONTEXT_DOCUMENTS",
               grpc.StatusCode.INVALID_ARGUMENT,
               "more than 16384 context documents were sent (the limit); send a sample ..."),
+    ErrorCase("CreateContextSet: documents over CDE_MAX_CONTEXT_BYTES in total",
+              grpc.StatusCode.INVALID_ARGUMENT,
+              "the context documents exceed the limit of 67108864 bytes in total at document "
+              "9000; ..."),
     ErrorCase("CreateContextSet: name exists and replace is false",
               grpc.StatusCode.ALREADY_EXISTS,
               'context set "docs" already exists; use replace to rebuild it'),
