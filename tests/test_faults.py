@@ -25,6 +25,7 @@ from cde_client import CdeClient, HealthStatus, NotFound, Unavailable
 from cde_server import triton_protocol as tp
 from cde_server.launcher import TritonProcess
 from gateway_fixtures import GatewayFactory
+from gateway_fixtures import _ignore_poller_wakeups as ignore_poller_wakeups
 from process_fixtures import GatewayProcessFactory
 from prometheus_client.parser import text_string_to_metric_families
 from store_fixtures import RedisServer
@@ -62,12 +63,17 @@ def create_request(name: str, texts: list[str]) -> Iterator[pb.CreateContextSetR
 
 
 def triton_calls(metrics_url: str) -> float:
-    """Finished Triton calls of a gateway, from its Prometheus endpoint (all models)."""
+    """Finished Triton inference calls of a gateway for embedding (its Prometheus endpoint;
+    cde_model_info is left out: the health monitor reads it every interval)."""
     text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
     total = 0.0
     for family in text_string_to_metric_families(text):
         if family.name == "cde_gateway_triton_request_duration_seconds":
-            total += sum(s.value for s in family.samples if s.name.endswith("_count"))
+            total += sum(
+                sample.value
+                for sample in family.samples
+                if sample.name.endswith("_count") and sample.labels["model"] != tp.MODEL_INFO_MODEL
+            )
     return total
 
 
@@ -100,7 +106,7 @@ class BusyFirstStage:
         self.triton_url = triton_url
         self.count = count
         self.sent = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread = threading.Thread(target=self._main, daemon=True)
         self.errors: list[BaseException] = []
 
     def __enter__(self) -> BusyFirstStage:
@@ -111,6 +117,14 @@ class BusyFirstStage:
 
     def __exit__(self, *exc: object) -> None:
         self._thread.join(120)
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        loop.set_exception_handler(ignore_poller_wakeups)  # a second grpc.aio loop in-process
+        try:
+            loop.run_until_complete(self._run())
+        finally:
+            loop.close()
 
     async def _run(self) -> None:
         ids = np.random.default_rng(0).integers(1000, 2000, (self.ROWS, self.WIDTH))
@@ -136,7 +150,7 @@ class Load:
 
     def __init__(self, address: str, context: str, deadline_s: float, threads: int = 3) -> None:
         self.address, self.context, self.deadline_s = address, context, deadline_s
-        self.results: list[tuple[Code, float]] = []
+        self.results: list[tuple[grpc.StatusCode, float]] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
@@ -165,7 +179,7 @@ class Load:
                 if code != Code.OK:
                     time.sleep(0.05)
 
-    def count(self, code: Code) -> int:
+    def count(self, code: grpc.StatusCode) -> int:
         return sum(1 for c, _ in self.results if c == code)
 
 
@@ -215,7 +229,7 @@ def test_triton_killed_under_load_recovers_without_gateway_restart(
         triton.stop()
 
 
-# --- gateway SIGTERM and SIGKILL (real `cde serve` processes) --------------------------------------
+# --- gateway SIGTERM and SIGKILL (real `cde serve` processes) ------------------------------------
 def test_gateway_sigterm_drains_in_flight_calls_and_exits_cleanly(
     gateway_process_factory: GatewayProcessFactory,
 ) -> None:
@@ -249,11 +263,11 @@ def test_gateway_sigterm_drains_in_flight_calls_and_exits_cleanly(
         signalled.set()
         started = time.monotonic()
         time.sleep(0.3)
-        with grpc.insecure_channel(process.address) as fresh:  # new calls are refused
-            with pytest.raises(grpc.RpcError) as refused:
-                pb_grpc.EmbeddingServiceStub(fresh).GetModelInfo(
-                    pb.GetModelInfoRequest(), timeout=5
-                )
+        with (  # new calls are refused
+            grpc.insecure_channel(process.address) as fresh,
+            pytest.raises(grpc.RpcError) as refused,
+        ):
+            pb_grpc.EmbeddingServiceStub(fresh).GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
         assert refused.value.code() == Code.UNAVAILABLE
         answers += list(stream)
         created = create.result()
@@ -296,10 +310,11 @@ def test_gateway_crash_during_create_leaves_no_half_written_set(
         assert {s.name for s in client.list_context_sets()} == {"kept"}
         created = client.create_context_set("torn", DOCUMENTS)  # not ALREADY_EXISTS
         assert created.source_document_count == len(DOCUMENTS)
-        assert client.get_context_set("torn", include_embeddings=True).dataset_embeddings is not None
+        stored = client.get_context_set("torn", include_embeddings=True)
+        assert stored.dataset_embeddings is not None
 
 
-# --- Redis unavailable ------------------------------------------------------------------------------
+# --- Redis unavailable ----------------------------------------------------------------------------
 def test_redis_outage_is_unavailable_and_recovers_intact(
     gateway_factory: GatewayFactory, redis_server_factory: Callable[[], RedisServer]
 ) -> None:
@@ -339,7 +354,7 @@ def test_redis_outage_is_unavailable_and_recovers_intact(
         client.create_context_set("new", DOCUMENTS)
 
 
-# --- cancellation and deadlines ---------------------------------------------------------------------
+# --- cancellation and deadlines -------------------------------------------------------------------
 def test_cancelled_stream_stops_triton_calls(gateway_factory: GatewayFactory) -> None:
     gateway = gateway_factory(metrics_port=0)
     url = metrics_url(gateway)
@@ -372,7 +387,7 @@ def test_cancelled_stream_stops_triton_calls(gateway_factory: GatewayFactory) ->
 def test_deadline_while_triton_is_busy_stops_the_call_everywhere(
     gateway_factory: GatewayFactory, triton_grpc_url: str
 ) -> None:
-    gateway = gateway_factory(metrics_port=0)
+    gateway = gateway_factory(metrics_port=0, warm_up_default_context=False)
     url = metrics_url(gateway)
     stats_before = first_stage_stats(triton_grpc_url)
     blockers = BusyFirstStage(triton_grpc_url, 12)
