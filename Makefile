@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint proto bench bench-model bench-triton bench-gateway lint-deploy loadtest clean
+.PHONY: install run test lint proto bench bench-model bench-triton bench-gateway lint-deploy loadtest soak clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard proto/cde/v1/*.proto)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ bench: install
 ## Locust, headless and bounded, against a local stack (demo model unless CDE_MODEL is set).
 loadtest: install
 	HF_HUB_OFFLINE=1 $(BIN)/python loadtest/run_loadtest.py
+
+## 10 minutes of locust at saturation, sampling gateway and Triton RSS; records the "Soak"
+## section of loadtest/RESULTS.md (not part of CI; run it on a quiet machine).
+soak: install
+	HF_HUB_OFFLINE=1 $(BIN)/python loadtest/soak.py --record
 
 clean:
 	rm -rf $(VENV) .venv-deploy build *.egg-info .pytest_cache .mypy_cache .ruff_cache client/cde/v1/*_pb2*
