@@ -37,9 +37,8 @@ NAMESPACE = "cde-serve"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Pod"}
 MONITORING_NAMESPACE = "monitoring"
 
-# CDE_* names the manifests use before the gateway's settings have them (issue 7 / lead):
-# TLS paths, and the plaintext health-only port that kubelet's gRPC probe needs beside TLS.
-AWAITED_SETTINGS = {"CDE_TLS_CERT", "CDE_TLS_KEY", "CDE_HEALTH_PORT"}
+# CDE_* names the manifests may use before the gateway's settings have them (none now).
+AWAITED_SETTINGS: set[str] = set()
 SETTINGS_MODULES = ("settings.py", "triton_settings.py")
 
 
