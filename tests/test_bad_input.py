@@ -494,3 +494,20 @@ def test_undecodable_calls_are_counted(triton_grpc_url: str, tmp_path: Path) -> 
         assert expected.items() <= samples.items(), samples
     finally:
         gateway.close()
+
+
+def test_health_and_reflection_reject_undecodable(small: Target) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        small.channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=lambda b: b)(
+            raw.length_delimited(1, BAD_UTF8), timeout=10
+        )
+    assert info.value.code() == Code.INVALID_ARGUMENT
+    assert "grpc.health.v1.HealthCheckRequest" in (info.value.details() or "")
+    reflection = small.channel.stream_stream(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        request_serializer=lambda b: b,
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        list(reflection(iter([raw.length_delimited(1, BAD_UTF8)]), timeout=10))
+    assert info.value.code() == Code.INVALID_ARGUMENT
+    assert_healthy(small)
