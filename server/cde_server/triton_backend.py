@@ -162,8 +162,10 @@ class TritonBackend:
             certificate_chain=_path(tls.certificate_chain if tls else None),
             # No keepalive pings: Triton answers pings more frequent than every 5 minutes
             # with GOAWAY "too_many_pings", which kills calls in flight. Reconnect within
-            # about a second, so a restarted Triton is used again soon after it is back.
+            # about a second, so a restarted Triton is used again soon after it is back. A
+            # name resolving to several servers (a headless Service) is spread round robin.
             channel_args=[
+                ("grpc.lb_policy_name", "round_robin"),
                 ("grpc.max_send_message_length", -1),
                 ("grpc.max_receive_message_length", -1),
                 ("grpc.initial_reconnect_backoff_ms", 250),

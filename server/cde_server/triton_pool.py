@@ -4,10 +4,12 @@
 `close`) over one `TritonBackend` per endpoint. A call goes to the up endpoint with the fewest
 calls in flight (ties: round robin). A call failing with UNAVAILABLE (connection refused or
 reset, Triton stopping, model not ready) marks its endpoint down and is retried on another up
-endpoint: all backend work is idempotent. `ready()` probes every endpoint (server ready and
-every needed model ready), marking each up or down; the health monitor calls it every
-CDE_HEALTH_INTERVAL_S, which is how a down endpoint rejoins. With no endpoint up, calls fail at
-once with UNAVAILABLE. Each Triton fills its own context cache on demand (cache-miss protocol).
+endpoint: all backend work is idempotent. A marked-down endpoint is probed once at once (a
+blip, or a DNS name whose other addresses still answer, brings it straight back), and again by
+`ready()`, which probes every endpoint (server ready and every needed model ready) and marks
+each up or down; the health monitor calls it every CDE_HEALTH_INTERVAL_S, which is how a
+restarted Triton rejoins. With no endpoint up, calls fail at once with UNAVAILABLE. Each Triton
+fills its own context cache on demand (the cache-miss protocol).
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ class TritonPool:
             for url in urls
         ]
         self._next = 0
+        self._probes: dict[str, asyncio.Task[None]] = {}
         for endpoint in self._endpoints:
             self._observer.endpoint_up(endpoint.url, True)
             self._observer.endpoint_outstanding(endpoint.url, 0)
@@ -122,7 +125,10 @@ class TritonPool:
         return ", ".join(f"{e.url} ({'up' if e.up else 'down'})" for e in self._endpoints)
 
     async def close(self) -> None:
-        """Close every channel."""
+        """Stop probing and close every channel."""
+        for probe in list(self._probes.values()):
+            probe.cancel()
+        await asyncio.gather(*self._probes.values(), return_exceptions=True)
         await asyncio.gather(*(endpoint.backend.close() for endpoint in self._endpoints))
 
     async def ready(self, timeout_s: float = 2.0) -> bool:
@@ -193,6 +199,7 @@ class TritonPool:
                 result = "unavailable"
                 failure = exc
                 self._mark(endpoint, False, exc.message)
+                self._probe_soon(endpoint)
             finally:
                 endpoint.outstanding -= 1
                 self._observer.endpoint_outstanding(endpoint.url, endpoint.outstanding)
@@ -215,6 +222,19 @@ class TritonPool:
         if best is not None:
             self._next = (best + 1) % count
         return best
+
+    def _probe_soon(self, endpoint: _Endpoint, timeout_s: float = 2.0) -> None:
+        """Probe a marked-down endpoint in the background (one probe at a time)."""
+        if endpoint.url in self._probes:
+            return
+
+        async def probe() -> None:
+            try:
+                self._mark(endpoint, await endpoint.backend.ready(timeout_s), "not ready")
+            finally:
+                del self._probes[endpoint.url]
+
+        self._probes[endpoint.url] = asyncio.create_task(probe())
 
     def _mark(self, endpoint: _Endpoint, up: bool, reason: str) -> None:
         if endpoint.up == up:
