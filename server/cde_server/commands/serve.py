@@ -28,7 +28,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--host", help="listen address (CDE_HOST, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="gRPC port (CDE_PORT, 50051)")
     parser.add_argument("--store", help="sqlite:///path or redis://host:port/db (CDE_STORE)")
-    parser.add_argument("--triton-url", help="external Triton host:port (CDE_TRITON_URL)")
+    parser.add_argument(
+        "--triton-url",
+        help="external Triton host:port, comma-separated for several (CDE_TRITON_URL)",
+    )
     parser.add_argument("--metrics-port", type=int, help="Prometheus port (CDE_METRICS_PORT)")
     parser.set_defaults(func=run)
 
