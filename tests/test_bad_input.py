@@ -460,9 +460,11 @@ def test_limits_report_context_bytes(small: Target) -> None:
     assert limits.max_context_documents == MAX_DOCUMENTS
 
 
-def test_undecodable_calls_are_counted(triton_grpc_url: str, tmp_path: Path) -> None:
+def test_undecodable_calls_are_counted_and_health_port(
+    triton_grpc_url: str, tmp_path: Path
+) -> None:
     """A rejected raw message is a counted INVALID_ARGUMENT call with a request id."""
-    settings = gateway_settings(triton_grpc_url, f"sqlite://{tmp_path / 's.db'}")
+    settings = gateway_settings(triton_grpc_url, f"sqlite://{tmp_path / 's.db'}", health_port=0)
     gateway = GatewayThread(settings).start()
     try:
         assert gateway.gateway is not None
@@ -492,6 +494,11 @@ def test_undecodable_calls_are_counted(triton_grpc_url: str, tmp_path: Path) -> 
                 break
             time.sleep(0.05)
         assert expected.items() <= samples.items(), samples
+        with grpc.insecure_channel(f"127.0.0.1:{gateway.gateway.health_port}") as health:
+            check = health.unary_unary("/grpc.health.v1.Health/Check", request_serializer=bytes)
+            with pytest.raises(grpc.RpcError) as info:
+                check(raw.length_delimited(1, BAD_UTF8), timeout=10)
+            assert info.value.code() == Code.INVALID_ARGUMENT  # the health-only port too
     finally:
         gateway.close()
 

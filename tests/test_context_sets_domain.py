@@ -69,6 +69,18 @@ def test_collector_enforces_limits() -> None:
     assert sample_documents(collector.documents, 3, seed=1)[1] == "subsampled"
 
 
+def test_document_collector_total_bytes() -> None:
+    collector = DocumentCollector(max_document_bytes=4, max_total_bytes=7)
+    collector.add(["abcd", "é"])  # 6 bytes
+    assert collector.total_bytes == 6
+    with pytest.raises(
+        InvalidArgumentError, match="exceed the limit of 7 bytes in total at document 2"
+    ):
+        collector.add(["xy"])
+    collector.add(["z"])  # the refused document was not kept: exactly 7 bytes now
+    assert collector.documents == ["abcd", "é", "z"] and collector.total_bytes == 7
+
+
 def test_build_context_set_computes_the_content_hash() -> None:
     embeddings = np.arange(12, dtype=np.float64).reshape(4, 3)  # converted to float32
     created = datetime(2024, 1, 1, tzinfo=UTC)

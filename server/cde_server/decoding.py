@@ -11,6 +11,7 @@ rejected through its `CallScopes`, so they are logged and counted like any other
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
@@ -78,7 +79,9 @@ class _CheckedRequests:
 class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Server interceptor: undecodable requests end with INVALID_ARGUMENT, never UNKNOWN."""
 
-    def __init__(self, calls: CallScopes, counted_services: Collection[str] = ()) -> None:
+    def __init__(
+        self, calls: CallScopes | None = None, counted_services: Collection[str] = ()
+    ) -> None:
         """`calls` logs and counts rejected calls of `counted_services` (full service names)."""
         self._calls = calls
         self._counted = frozenset(counted_services)
@@ -101,7 +104,7 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         """Ends a call with INVALID_ARGUMENT, through a call scope when `rpc` is counted."""
 
         async def reject(context: Any, message: str) -> None:
-            if rpc is None:
+            if rpc is None or self._calls is None:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
                 return
             async with self._calls.open(rpc, context):
@@ -143,8 +146,9 @@ def _guard_unary(inner: Any, reject: Reject) -> Any:
             if isinstance(request, Undecodable):
                 await reject(context, request.describe())
                 return
-            async for response in inner(request, context):
-                yield response
+            async with contextlib.aclosing(inner(request, context)) as responses:
+                async for response in responses:
+                    yield response
 
         return generator
     if inspect.iscoroutinefunction(inner):
@@ -165,8 +169,11 @@ def _guard_stream(inner: Any, reject: Reject) -> Any:
 
         async def generator(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
             try:
-                async for response in inner(_CheckedRequests(requests), context):
-                    yield response
+                async with contextlib.aclosing(
+                    inner(_CheckedRequests(requests), context)
+                ) as responses:
+                    async for response in responses:
+                        yield response
             except UndecodableMessageError as exc:  # a handler without a call scope
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
 

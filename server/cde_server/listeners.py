@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from cde_server.decoding import DecodeGuard
 from cde_server.settings import GatewaySettings
 
 
@@ -51,7 +52,7 @@ async def start_health_server(
 ) -> tuple[grpc.aio.Server, int]:
     """A plaintext server with only the health service on CDE_HEALTH_PORT; (server, port)."""
     assert settings.health_port is not None
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(interceptors=[DecodeGuard()], options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     address = f"{settings.host}:{settings.health_port}"
     port = server.add_insecure_port(address)
