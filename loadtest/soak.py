@@ -201,6 +201,12 @@ def rss_table(growths: Sequence[Growth]) -> list[str]:
     return lines
 
 
+def shown(path: Path) -> str:
+    """`path` relative to the repository when inside it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(lt.REPO)) if resolved.is_relative_to(lt.REPO) else str(path)
+
+
 def write_samples(path: Path, samples: Sequence[Sample]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -259,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"`loadtest/soak.py` on {datetime.now(UTC):%Y-%m-%d}: the load test's "
                     "stack and users (`run_loadtest.py`, `locustfile.py`) at saturation, "
                     "checking for failures and memory growth. Samples: "
-                    "`loadtest/reports/soak/soak_rss.csv`.",
+                    f"`{shown(args.reports / 'soak_rss.csv')}`.",
                     "",
                     *lines,
                     "",

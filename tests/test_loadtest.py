@@ -19,6 +19,7 @@ SCENARIOS = {"Embed/query", "Embed/document", "EmbedStream/bulk", "CreateContext
 sys.path.insert(0, str(LOADTEST))
 import corpus  # noqa: E402
 import run_loadtest  # noqa: E402
+import soak  # noqa: E402
 
 
 def test_locustfile_loads_with_every_scenario() -> None:
@@ -80,6 +81,26 @@ def test_verdict_and_results_section(tmp_path: Path) -> None:
     )
     run_loadtest.replace_section(results, "## C", "## C\n\nc")
     assert results.read_text().endswith("## B\n\nkeep b\n\n## C\n\nc\n")
+
+
+def test_soak_growth_is_measured_after_the_warm_up() -> None:
+    mib = 1 << 20
+    samples = [
+        soak.Sample(0.0, 50 * mib, 500 * mib, 5),  # start-up growth is not judged
+        soak.Sample(120.0, 90 * mib, 1000 * mib, 5),
+        soak.Sample(300.0, 95 * mib, 1200 * mib, 5),
+        soak.Sample(600.0, 98 * mib, 1050 * mib, 5),
+    ]
+    gateway, triton = soak.growth(samples, warm_up_s=120.0)
+    assert (gateway.base_bytes, gateway.end_bytes) == (90 * mib, 98 * mib)
+    assert triton.peak_bytes == 1200 * mib and abs(triton.ratio - 0.05) < 1e-9
+    ok = run_loadtest.StatsRow("grpc", "Aggregated", 10, 0, 5.0, 9.0, 9.0, 9.0, 1.0)
+    assert soak.verdict([ok], [gateway, triton], max_growth=0.10) == []
+    assert len(soak.verdict([ok], [gateway, triton], max_growth=0.06)) == 1  # gateway +8.9%
+    failed = run_loadtest.StatsRow("grpc", "Aggregated", 10, 2, 5.0, 9.0, 9.0, 9.0, 1.0)
+    assert soak.verdict([failed], [gateway], max_growth=0.10) == ["2 of 10 requests failed"]
+    assert soak.growth(samples, warm_up_s=700.0) == []
+    assert soak.verdict([ok], [], max_growth=0.10) == ["no RSS sample after the warm-up"]
 
 
 @pytest.mark.timeout(420)
