@@ -32,8 +32,12 @@ MAX_CONTEXT_BYTES = 6000
 MIB = 1024 * 1024
 VALID = "valid input"
 EXISTING = "existing-set"
-# rows exercised elsewhere: they need server state, not a bad request
+# rows exercised elsewhere: they need server state or authentication, not a bad request
 SERVER_STATE_ROWS = {
+    "No API key, or an unknown one (auth on)",
+    "ListContextSets all_tenants without an admin key",
+    "A tenant over CDE_RATE_LIMIT_RPS (retry-after trailer)",
+    "A tenant over CDE_MAX_STREAMS_PER_TENANT open streams",
     "Context set built with another model",
     "More than 1000 custom prompts",
     "More than CDE_MAX_CONCURRENT_STREAMS open streams",
@@ -42,6 +46,11 @@ SERVER_STATE_ROWS = {
     "Context set replaced while a request needed its embeddings",
     "Caller's deadline passed while waiting for the model",
     "Unexpected server or model failure",
+    # configuration rows (keys file, limits): tests/test_security.py, tests/test_rate_limits.py
+    "No API key, or an unknown one (auth on)",
+    "ListContextSets all_tenants without an admin key",
+    "A tenant over CDE_RATE_LIMIT_RPS (retry-after trailer)",
+    "A tenant over CDE_MAX_STREAMS_PER_TENANT open streams",
 }
 ROW_CODES = {row.case: row.code for row in ERROR_TABLE}
 
