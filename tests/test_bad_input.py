@@ -46,11 +46,6 @@ SERVER_STATE_ROWS = {
     "Context set replaced while a request needed its embeddings",
     "Caller's deadline passed while waiting for the model",
     "Unexpected server or model failure",
-    # configuration rows (keys file, limits): tests/test_security.py, tests/test_rate_limits.py
-    "No API key, or an unknown one (auth on)",
-    "ListContextSets all_tenants without an admin key",
-    "A tenant over CDE_RATE_LIMIT_RPS (retry-after trailer)",
-    "A tenant over CDE_MAX_STREAMS_PER_TENANT open streams",
 }
 ROW_CODES = {row.case: row.code for row in ERROR_TABLE}
 
