@@ -64,13 +64,16 @@ class _CheckedRequests:
     """A request stream that raises `UndecodableMessageError` on reaching a bad message."""
 
     def __init__(self, requests: AsyncIterator[Any]) -> None:
-        self._requests = requests.__aiter__()
+        self._requests = requests
+        self._iterator: AsyncIterator[Any] | None = None  # made on first use, as grpc expects
 
     def __aiter__(self) -> _CheckedRequests:
         return self
 
     async def __anext__(self) -> Any:
-        message = await self._requests.__anext__()
+        if self._iterator is None:
+            self._iterator = self._requests.__aiter__()
+        message = await self._iterator.__anext__()
         if isinstance(message, Undecodable):
             raise UndecodableMessageError(message.describe())
         return message
