@@ -98,25 +98,35 @@ def first_stage_stats(triton_url: str) -> dict[str, int]:
 
 class BusyFirstStage:
     """Keeps Triton's single cde_first_stage instance busy with `count` requests of 64 rows x
-    512 tokens, sent at once from a background loop (they queue ahead of anything later)."""
+    512 tokens, sent at once from a background loop; entering returns once at least two full
+    batches of them wait in Triton's queue, so anything sent later queues behind them."""
 
     ROWS, WIDTH = 64, 512
+    QUEUED = 8  # two dynamic batches of max_batch_size 256 rows
 
-    def __init__(self, triton_url: str, count: int) -> None:
-        self.triton_url = triton_url
+    def __init__(self, triton: TritonProcess, count: int = 16) -> None:
+        self.triton = triton
         self.count = count
-        self.sent = threading.Event()
         self._thread = threading.Thread(target=self._main, daemon=True)
         self.errors: list[BaseException] = []
 
     def __enter__(self) -> BusyFirstStage:
         self._thread.start()
-        assert self.sent.wait(30), "blockers not sent"
-        time.sleep(0.3)  # let them reach Triton's queue
+        wait_for(lambda: self.pending() >= self.QUEUED, 30, "queued in Triton")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._thread.join(120)
+
+    def pending(self) -> float:
+        """Triton's count of cde_first_stage requests waiting for execution."""
+        text = urllib.request.urlopen(self.triton.metrics_url, timeout=10).read().decode()
+        for family in text_string_to_metric_families(text):
+            if family.name == "nv_inference_pending_request_count":
+                for sample in family.samples:
+                    if sample.labels.get("model") == tp.FIRST_STAGE_MODEL:
+                        return sample.value
+        return 0.0
 
     def _main(self) -> None:
         loop = asyncio.new_event_loop()
@@ -133,12 +143,11 @@ class BusyFirstStage:
             tensor = triton_grpc.InferInput(name, list(values.shape), "INT64")
             tensor.set_data_from_numpy(values.astype(np.int64))
             inputs.append(tensor)
-        async with triton_aio.InferenceServerClient(self.triton_url) as client:
+        async with triton_aio.InferenceServerClient(self.triton.grpc_url) as client:
             calls = [
                 asyncio.ensure_future(client.infer(tp.FIRST_STAGE_MODEL, inputs))
                 for _ in range(self.count)
             ]
-            self.sent.set()
             for result in await asyncio.gather(*calls, return_exceptions=True):
                 if isinstance(result, BaseException):
                     self.errors.append(result)
@@ -288,14 +297,14 @@ def test_gateway_sigterm_drains_in_flight_calls_and_exits_cleanly(
 
 
 def test_gateway_crash_during_create_leaves_no_half_written_set(
-    gateway_process_factory: GatewayProcessFactory, store_url: str, triton_grpc_url: str
+    gateway_process_factory: GatewayProcessFactory, store_url: str, triton_process: TritonProcess
 ) -> None:
     process = gateway_process_factory(store=store_url)
     with CdeClient(process.address, retry=False, timeout=30) as client:
         client.create_context_set("kept", DOCUMENTS[:10])
     with grpc.insecure_channel(process.address) as channel:
         stub = pb_grpc.EmbeddingServiceStub(channel)
-        with BusyFirstStage(triton_grpc_url, 12):  # stage 1 of the create waits behind these
+        with BusyFirstStage(triton_process):  # stage 1 of the create waits behind these
             create = stub.CreateContextSet.future(create_request("torn", DOCUMENTS), timeout=60)
             time.sleep(0.5)
             assert not create.done(), "the create finished before the crash"
@@ -385,12 +394,13 @@ def test_cancelled_stream_stops_triton_calls(gateway_factory: GatewayFactory) ->
 
 
 def test_deadline_while_triton_is_busy_stops_the_call_everywhere(
-    gateway_factory: GatewayFactory, triton_grpc_url: str
+    gateway_factory: GatewayFactory, triton_process: TritonProcess
 ) -> None:
+    triton_grpc_url = triton_process.grpc_url
     gateway = gateway_factory(metrics_port=0, warm_up_default_context=False)
     url = metrics_url(gateway)
     stats_before = first_stage_stats(triton_grpc_url)
-    blockers = BusyFirstStage(triton_grpc_url, 12)
+    blockers = BusyFirstStage(triton_process)
     with grpc.insecure_channel(gateway.address) as channel, blockers:
         stub = pb_grpc.EmbeddingServiceStub(channel)
         deadline_s = 0.5
