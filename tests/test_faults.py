@@ -195,7 +195,10 @@ class Load:
 def test_triton_killed_under_load_recovers_without_gateway_restart(
     gateway_factory: GatewayFactory, tmp_path: Path
 ) -> None:
-    triton = TritonProcess(tiny_triton_settings(tmp_path / "triton-cache"), log=lambda _: None)
+    triton = TritonProcess(
+        tiny_triton_settings(tmp_path / "triton-cache", triton_startup_timeout_s=120.0),
+        log=lambda _: None,
+    )
     triton.start()
     restarted: TritonProcess | None = None
     try:
@@ -227,6 +230,11 @@ def test_triton_killed_under_load_recovers_without_gateway_restart(
         with CdeClient(gateway.address, retry=False, timeout=30) as client:
             after = client.embed_queries(QUERIES, context="killed").embeddings
         np.testing.assert_allclose(after, before, atol=1e-5)
+        assert gateway.gateway is not None  # the new Triton's empty cache was refilled
+        misses = gateway.gateway.metrics.registry.get_sample_value(
+            "cde_gateway_context_cache_total", {"result": "miss"}
+        )
+        assert misses is not None and misses >= 2, misses
         print(
             f"\nNOT_SERVING {down_s:.1f} s after the kill; {len(failures)} failed calls, slowest "
             f"{slowest * 1000:.0f} ms; Triton down {restarted_at - killed_at:.1f} s; SERVING "
