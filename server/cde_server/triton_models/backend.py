@@ -164,6 +164,8 @@ class TritonAdapter:
         return [self._response(result) for result in results]
 
     def _read_inputs(self, request: Any) -> Inputs:
+        # Triton's dynamic batcher drops requests cancelled while queued (they count as failures,
+        # never computed); this catches those cancelled after their batch was formed.
         if request.is_cancelled():
             raise RequestError("request cancelled by the client", "CANCELLED")
         inputs: Inputs = {}
