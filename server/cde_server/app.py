@@ -43,6 +43,7 @@ class Gateway:
         if settings.triton_url is None:
             raise ValueError("the gateway needs CDE_TRITON_URL (cde serve sets it)")
         self.settings = settings
+        self.authenticator = Authenticator.from_file(settings.api_keys_file)
         self.metrics = GatewayMetrics()
         self.backend = TritonPool(
             settings.triton_endpoints,
@@ -52,7 +53,6 @@ class Gateway:
             tls=_triton_tls(settings),
         )
         self.model = ServedModel(self.backend, document_prefix=BUILTIN_PROMPTS[DEFAULT_PROMPT])
-        self.authenticator = Authenticator.from_file(settings.api_keys_file)
         self.port = 0
         self.health_port: int | None = None
         self._health_server: grpc.aio.Server | None = None
