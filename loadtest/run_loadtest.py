@@ -305,6 +305,26 @@ def replace_section(results: Path, heading: str, section: str) -> None:
     results.write_text(text, encoding="utf-8")
 
 
+def conclude(
+    record: bool,
+    results: Path,
+    heading: str,
+    intro: str,
+    body: Sequence[str],
+    problems: Sequence[str],
+    locust_status: int,
+) -> int:
+    """Write the section (when `record`), print the problems; the exit status of the run."""
+    if record:
+        replace_section(results, heading, "\n".join([heading, "", intro, "", *body, ""]))
+    for problem in problems:
+        print(f"FAILED: {problem}", file=sys.stderr)
+    if locust_status != 0 and not problems:
+        print(f"FAILED: locust exited with {locust_status}", file=sys.stderr)
+        return 1
+    return 1 if problems else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(LOADTEST))
@@ -337,36 +357,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         + ("**passed**." if not problems else "**failed** (" + "; ".join(problems) + ").")
     )
     print(summary)
-    if args.record:
-        replace_section(
-            RESULTS,
-            SECTION,
-            "\n".join(
-                [
-                    SECTION,
-                    "",
-                    f"`loadtest/run_loadtest.py` on {datetime.now(UTC):%Y-%m-%d}: locust "
-                    "headless through `cde_client` against `cde serve` (embedded Triton, "
-                    "SQLite store). User classes of `loadtest/locustfile.py`, weighted "
-                    "10 : 4 : 1 : 1: short queries, 200-500-token documents, bulk EmbedStream, "
-                    "context-set create + delete; texts per call and pacing: the locustfile's "
-                    "defaults"
-                    + (f", except {overrides}" if (overrides := loadtest_overrides()) else "")
-                    + ". Reports: `loadtest/reports/loadtest*.csv`, `loadtest.html`.",
-                    "",
-                    *lines,
-                    "",
-                    summary,
-                    "",
-                ]
-            ),
-        )
-    for problem in problems:
-        print(f"FAILED: {problem}", file=sys.stderr)
-    if locust_status != 0 and not problems:
-        print(f"FAILED: locust exited with {locust_status}", file=sys.stderr)
-        return 1
-    return 1 if problems else 0
+    intro = (
+        f"`loadtest/run_loadtest.py` on {datetime.now(UTC):%Y-%m-%d}: locust "
+        "headless through `cde_client` against `cde serve` (embedded Triton, "
+        "SQLite store). User classes of `loadtest/locustfile.py`, weighted "
+        "10 : 4 : 1 : 1: short queries, 200-500-token documents, bulk EmbedStream, "
+        "context-set create + delete; texts per call and pacing: the locustfile's "
+        "defaults"
+        + (f", except {overrides}" if (overrides := loadtest_overrides()) else "")
+        + ". Reports: `loadtest/reports/loadtest*.csv`, `loadtest.html`."
+    )
+    return conclude(
+        args.record, RESULTS, SECTION, intro, [*lines, "", summary], problems, locust_status
+    )
 
 
 if __name__ == "__main__":

@@ -254,32 +254,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         + ("**passed**." if not problems else "**failed** (" + "; ".join(problems) + ").")
     )
     print(summary)
-    if args.record:
-        lt.replace_section(
-            args.results,
-            SECTION,
-            "\n".join(
-                [
-                    SECTION,
-                    "",
-                    f"`loadtest/soak.py` on {datetime.now(UTC):%Y-%m-%d}: the load test's "
-                    "stack and users (`run_loadtest.py`, `locustfile.py`) at saturation, "
-                    "checking for failures and memory growth. Samples: "
-                    f"`{shown(args.reports / 'soak_rss.csv')}`.",
-                    "",
-                    *lines,
-                    "",
-                    summary,
-                    "",
-                ]
-            ),
-        )
-    for problem in problems:
-        print(f"FAILED: {problem}", file=sys.stderr)
-    if locust_status != 0 and not problems:
-        print(f"FAILED: locust exited with {locust_status}", file=sys.stderr)
-        return 1
-    return 1 if problems else 0
+    intro = (
+        f"`loadtest/soak.py` on {datetime.now(UTC):%Y-%m-%d}: the load test's "
+        "stack and users (`run_loadtest.py`, `locustfile.py`) at saturation, "
+        "checking for failures and memory growth. Samples: "
+        f"`{shown(args.reports / 'soak_rss.csv')}`."
+    )
+    body = [*lines, "", summary]
+    return lt.conclude(args.record, args.results, SECTION, intro, body, problems, locust_status)
 
 
 if __name__ == "__main__":
