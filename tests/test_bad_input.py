@@ -41,7 +41,7 @@ SERVER_STATE_ROWS = {
     "Context set built with another model",
     "More than 1000 custom prompts",
     "More than CDE_MAX_CONCURRENT_STREAMS open streams",
-    "Triton unreachable or not ready",
+    "No Triton endpoint reachable and ready",
     "Store (SQLite/Redis) unreachable",
     "Context set replaced while a request needed its embeddings",
     "Caller's deadline passed while waiting for the model",
@@ -335,11 +335,11 @@ CASES: dict[str, Case] = {
         "small",
         lambda t: t.stub.ListContextSets(pb.ListContextSetsRequest(page_token="garbage!")),
         Code.INVALID_ARGUMENT, "invalid page_token; pass the next_page_token of a listing",
-        "Bad page_token or negative page_size"),
+        "Bad page_token"),
     "list with a token of an invalid name": Case(
         "small",
         lambda t: t.stub.ListContextSets(pb.ListContextSetsRequest(page_token="djE6LmJhZA")),
-        Code.INVALID_ARGUMENT, "invalid page_token", "Bad page_token or negative page_size"),
+        Code.INVALID_ARGUMENT, "invalid page_token", "Bad page_token"),
 }  # fmt: skip
 
 
