@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from cde_model import EmbeddingModel, load_model
+from cde_model import EmbeddingModel, describe_model, load_model
 from cde_model.random_checkpoint import write_random_checkpoint
 from paths import TINY_CHECKPOINT
 from safetensors.torch import load_file, save_file
@@ -248,3 +250,29 @@ def test_random_tiny_checkpoint_loads_and_is_deterministic(tmp_path: Path) -> No
     second = embed(a)[1]
     assert torch.isfinite(second).all() and second.norm(dim=1).min() > 1e-3
     assert_same(second, embed(b)[1])
+
+
+@pytest.mark.parametrize("model", [str(TINY_CHECKPOINT), "demo"])
+def test_description_matches_the_loaded_model(model: str) -> None:
+    loaded = load_model(model, device="cpu")
+    description = describe_model(model, device="cpu")
+    assert description.info == loaded.info
+    assert description.tokenizer.max_tokens == loaded.tokenizer.max_tokens
+    texts = ["who wrote hamlet", "x " * 600]
+    for ours, theirs in zip(
+        description.tokenizer.encode(texts), loaded.tokenizer.encode(texts), strict=True
+    ):
+        assert (ours == theirs).all()
+
+
+def test_description_needs_no_torch() -> None:
+    code = (
+        "import sys; from cde_model import describe_model; "
+        f"d = describe_model({str(TINY_CHECKPOINT)!r}); describe_model('demo'); "
+        "assert 'torch' not in sys.modules, 'torch was imported'; print(d.info.hidden_size)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == load_model(str(TINY_CHECKPOINT), device="cpu").info.hidden_size

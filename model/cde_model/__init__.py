@@ -11,14 +11,24 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from cde_model.description import ModelDescription, describe_model
     from cde_model.interface import EmbeddingModel, ModelInfo, PreparedContext
     from cde_model.loader import load_model
 
-__all__ = ["EmbeddingModel", "ModelInfo", "PreparedContext", "load_model"]
+__all__ = [
+    "EmbeddingModel",
+    "ModelDescription",
+    "ModelInfo",
+    "PreparedContext",
+    "describe_model",
+    "load_model",
+]
 
 _LAZY = {
     "EmbeddingModel": "cde_model.interface",
-    "ModelInfo": "cde_model.interface",
+    "ModelInfo": "cde_model.description",
+    "ModelDescription": "cde_model.description",
+    "describe_model": "cde_model.description",
     "PreparedContext": "cde_model.interface",
     "load_model": "cde_model.loader",
 }

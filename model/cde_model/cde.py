@@ -25,10 +25,10 @@ from cde_model.checkpoint import (
     NUM_PROMPT_ROWS,
     CDEWeights,
     build_weights,
-    fingerprint,
     read_tensors,
 )
 from cde_model.config import CDEConfig
+from cde_model.description import describe_checkpoint
 from cde_model.interface import (
     EmbeddingModel,
     ModelInfo,
@@ -103,27 +103,19 @@ class CDEModel(EmbeddingModel):
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         config = CDEConfig.from_file(config_path)
-        tokenizer, tokenizer_file = TextTokenizer.from_dir(directory, config.max_tokens)
+        description = describe_checkpoint(directory, config, dtype, str(torch_device))
+        tokenizer = description.tokenizer
         weights = build_weights(
             config, read_tensors(weights_path), torch_device, torch_dtype, str(weights_path)
         )
         vocab_rows = weights.first_stage.word_embeddings.shape[0]
         if tokenizer.vocab_size > vocab_rows:
             raise ValueError(
-                f"tokenizer {tokenizer_file} has {tokenizer.vocab_size} entries but the "
+                f"the tokenizer of {directory} has {tokenizer.vocab_size} entries but the "
                 f"word embeddings only {vocab_rows} rows"
             )
-        info = ModelInfo(
-            name=directory.resolve().name,
-            fingerprint=fingerprint([config_path, weights_path, tokenizer_file]),
-            hidden_size=weights.second_stage.hidden_size,
-            corpus_size=config.corpus_size,
-            max_tokens=config.max_tokens,
-            dtype=dtype,
-            device=str(torch_device),
-        )
         budget = token_budget or default_token_budget(torch_device)
-        return cls(weights, config, tokenizer, info, budget)
+        return cls(weights, config, tokenizer, description.info, budget)
 
     # ----------------------------------------------------------------------------- stage 1
 

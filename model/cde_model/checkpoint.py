@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +11,8 @@ import torch.nn.functional as F
 
 from cde_model.backbone import Backbone, EncoderLayer
 from cde_model.config import CDEConfig
+from cde_model.description import FIRST_STAGE, SECOND_STAGE, word_embedding_names
 
-FIRST_STAGE = "first_stage_model.embedder"
-SECOND_STAGE = "second_stage_model.backbone"
 NUM_PROMPT_ROWS = 8  # soft-prompt rows of the second stage
 
 Shape = tuple[int, ...]
@@ -73,7 +71,7 @@ def build_weights(
     source: str = "model.safetensors",
 ) -> CDEWeights:
     """Check names and shapes against the config, then cast and arrange the tensors."""
-    first_words, second_words = _word_embedding_names(config, tensors)
+    first_words, second_words = word_embedding_names(config, tensors)
     sizes = _sizes(tensors, first_words, source)
     expected = _expected_shapes(config, sizes, first_words, second_words)
     _check(tensors, expected, source)
@@ -102,28 +100,6 @@ def build_weights(
         prompt_projection=projection("second_stage_model.prompt_projection"),
         output_projection=projection("second_stage_model.output_projection"),
     )
-
-
-def fingerprint(files: list[Path]) -> str:
-    """sha256 hex over the contents of `files` (config, weights, tokenizer)."""
-    combined = hashlib.sha256()
-    for path in files:
-        with path.open("rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        combined.update(f"{path.name}:{digest}\n".encode())
-    return combined.hexdigest()
-
-
-def _word_embedding_names(
-    config: CDEConfig, tensors: Mapping[str, torch.Tensor]
-) -> tuple[str, str]:
-    first = f"{FIRST_STAGE}.embeddings.word_embeddings.weight"
-    second = f"{SECOND_STAGE}.embeddings.word_embeddings.weight"
-    if config.tie_token_embeddings:
-        # Tied weights are stored once, under either name.
-        shared = first if first in tensors or second not in tensors else second
-        return shared, shared
-    return first, second
 
 
 def _sizes(tensors: Mapping[str, torch.Tensor], word_embeddings: str, source: str) -> _Sizes:

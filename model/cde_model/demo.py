@@ -11,7 +11,6 @@ Texts are truncated to 256 tokens, the length all-MiniLM-L6-v2 is configured for
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,8 @@ import torch.nn.functional as F
 
 from cde_model.backbone import masked_mean
 from cde_model.batching import TokenBatch
-from cde_model.checkpoint import fingerprint, read_tensors
+from cde_model.checkpoint import read_tensors
+from cde_model.description import describe_demo
 from cde_model.interface import (
     EmbeddingModel,
     ModelInfo,
@@ -34,10 +34,6 @@ from cde_model.interface import (
 )
 from cde_model.runtime import default_token_budget, resolve_device, resolve_dtype
 from cde_model.tokenizer import TextTokenizer, bundled_vocabulary_dir
-
-DEMO_NAME = "demo-all-MiniLM-L6-v2"
-DEMO_CORPUS_SIZE = 64
-DEMO_MAX_TOKENS = 256
 
 
 @dataclass(frozen=True)
@@ -85,21 +81,9 @@ class DemoModel(EmbeddingModel):
             raise ValueError(f"demo weights lack {len(missing)} tensor(s), e.g. {missing[0]}")
         bert.to(device=torch_device, dtype=torch_dtype)
         bert.eval()
-        tokenizer, tokenizer_file = TextTokenizer.from_dir(directory, DEMO_MAX_TOKENS)
-        weights_fingerprint = fingerprint(
-            [directory / "config.json", directory / "model.safetensors", tokenizer_file]
-        )
-        recipe = f"{DEMO_NAME}:N={DEMO_CORPUS_SIZE}:max_tokens={DEMO_MAX_TOKENS}:"
-        info = ModelInfo(
-            name=DEMO_NAME,
-            fingerprint=hashlib.sha256((recipe + weights_fingerprint).encode()).hexdigest(),
-            hidden_size=config.hidden_size,
-            corpus_size=DEMO_CORPUS_SIZE,
-            max_tokens=DEMO_MAX_TOKENS,
-            dtype=dtype,
-            device=str(torch_device),
-        )
-        return cls(bert, tokenizer, info, token_budget or default_token_budget(torch_device))
+        description = describe_demo(dtype=dtype, device=str(torch_device))
+        budget = token_budget or default_token_budget(torch_device)
+        return cls(bert, description.tokenizer, description.info, budget)
 
     @torch.inference_mode()
     def first_stage(self, input_ids: TokenArray, attention_mask: TokenArray) -> torch.Tensor:

@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from cde_model.description import ModelInfo
 from cde_model.tokenizer import TextTokenizer
+
+__all__ = ["EmbeddingModel", "ModelInfo", "PreparedContext"]
 
 IntArray = npt.NDArray[np.int64]
 TokenArray = torch.Tensor | npt.NDArray[np.integer[Any]] | npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What a loaded model is and how it runs."""
-
-    name: str
-    fingerprint: str  # sha256 hex of config, weights and tokenizer files
-    hidden_size: int
-    corpus_size: int  # N: dataset embeddings the second stage wants
-    max_tokens: int  # texts are truncated to this many tokens, [CLS]/[SEP] included
-    dtype: str
-    device: str
 
 
 class PreparedContext(ABC):

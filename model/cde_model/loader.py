@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cde_model.description import DEMO_MODEL
 from cde_model.interface import EmbeddingModel
-
-DEMO_MODEL = "demo"
 
 
 def load_model(

@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
-from cde_model.checkpoint import FIRST_STAGE, NUM_PROMPT_ROWS, SECOND_STAGE
+from cde_model.checkpoint import NUM_PROMPT_ROWS
 from cde_model.config import NOMIC_BERT_2048
+from cde_model.description import FIRST_STAGE, SECOND_STAGE
 from cde_model.tokenizer import bundled_vocabulary_dir
 
 TOKENIZER_FILES = (

@@ -24,13 +24,11 @@ class ModelInfoHandler:
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, str]) -> ModelInfoHandler:
         """Describe parameters["model_path"] as served with parameters["dtype"] on
-        parameters["device_kind"]; the weights are loaded on CPU once, then dropped."""
-        from cde_model import load_model
+        parameters["device_kind"]; no weights are loaded."""
+        from cde_model.description import describe_model
 
         dtype = parameters["dtype"]
-        model = load_model(parameters["model_path"], dtype="float32", device="cpu")
-        info = model.info
-        del model
+        info = describe_model(parameters["model_path"]).info
         return cls(
             {
                 "name": info.name,

@@ -53,16 +53,12 @@ class TokenizeHandler:
 
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, str]) -> TokenizeHandler:
-        """The tokenizer of parameters["model_path"] (a checkpoint directory or "demo").
+        """The tokenizer of parameters["model_path"] (a checkpoint directory or "demo"); no
+        weights are loaded."""
+        from cde_model.description import describe_model
 
-        The model is loaded on CPU for its tokenizer and limits, then dropped.
-        """
-        from cde_model import load_model
-
-        model = load_model(parameters["model_path"], device="cpu")
-        handler = cls(model.tokenizer, model.info.max_tokens)
-        del model
-        return handler
+        description = describe_model(parameters["model_path"])
+        return cls(description.tokenizer, description.info.max_tokens)
 
     def run(self, batch: Sequence[Inputs]) -> list[Result]:
         results: list[Result] = []
