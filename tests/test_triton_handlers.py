@@ -21,6 +21,7 @@ from cde_server.triton_models.backend import (
 )
 from cde_server.triton_models.context_cache import ContextCache
 from cde_server.triton_models.first_stage_model import FirstStageHandler
+from cde_server.triton_models.heap import HeapTrimmer
 from cde_server.triton_models.second_stage_model import SecondStageHandler
 from cde_server.triton_models.tokenize_model import TokenizeHandler
 from paths import TINY_CHECKPOINT as TINY
@@ -299,3 +300,20 @@ def test_adapter_answers_every_request_and_never_raises(
     responses = broken.execute([FakeRequest({tp.TEXT: tp.text_tensor(["x"])})] * 2)
     assert [r.error.code for r in responses] == [FakeError.INTERNAL] * 2
     assert "boom" in responses[0].error.message
+
+
+def test_heap_trimmer_trims_at_most_once_per_interval() -> None:
+    now = [0.0]
+    calls: list[int] = []
+
+    def trim(pad: int) -> int:
+        calls.append(pad)
+        return 1
+
+    trimmer = HeapTrimmer(1.0, trim=trim, clock=lambda: now[0])
+    for step in range(10):  # 0.0 .. 2.25 s
+        now[0] = step * 0.25
+        trimmer.after_batch()
+    assert calls == [0, 0]
+    assert HeapTrimmer().available  # glibc here: the real malloc_trim is found and callable
+    HeapTrimmer(0.0).after_batch()

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from cde_server.triton_models.heap import HeapTrimmer
+
 if TYPE_CHECKING:
     from cde_model import EmbeddingModel
 
@@ -138,6 +140,7 @@ class TritonAdapter:
         self.pb_utils = pb_utils
         self.handler = handler
         self.model_name = model_name
+        self.heap = HeapTrimmer()
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         """One response per request, in order."""
@@ -161,7 +164,9 @@ class TritonAdapter:
                 handled = [run_isolated(self.model_name, exc)] * len(batch)
             for position, result in zip(positions, handled, strict=True):
                 results[position] = result
-        return [self._response(result) for result in results]
+        responses = [self._response(result) for result in results]
+        self.heap.after_batch()
+        return responses
 
     def _read_inputs(self, request: Any) -> Inputs:
         # Triton's dynamic batcher drops requests cancelled while queued (they count as failures,
