@@ -32,7 +32,7 @@ class GatewayThread:
         self.settings = settings
         self.gateway: Gateway | None = None
         self._loop = asyncio.new_event_loop()
-        self._loop.set_exception_handler(_ignore_poller_wakeups)
+        self._loop.set_exception_handler(ignore_poller_wakeups)
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
 
@@ -81,7 +81,7 @@ class GatewayThread:
         return grpc.insecure_channel(self.address)
 
 
-def _ignore_poller_wakeups(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+def ignore_poller_wakeups(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """grpc.aio wakes every loop of the process on each event; all but one then log a harmless
     BlockingIOError (grpc/grpc#25364). Tests run a second loop here, so silence exactly that."""
     if isinstance(context.get("exception"), BlockingIOError):
