@@ -153,7 +153,7 @@ def test_auth_off_by_default(gateway_factory: GatewayFactory) -> None:
     gateway = gateway_factory()
     assert gateway.gateway is not None
     assert gateway.gateway.security_summary() == [
-        "auth: off (no CDE_API_KEYS_FILE)",
+        "auth: off (no CDE_API_KEYS_FILE or CDE_API_KEYS)",
         "tls: off",
     ]
     with client(gateway, "any-key-is-ignored") as anybody:
@@ -172,6 +172,43 @@ def test_bad_keys_file_is_refused(tmp_path: Path, triton_grpc_url: str) -> None:
     assert "key_sha256" in str(error.value)
     with pytest.raises(KeysFileError, match="cannot read"):
         Gateway(settings.model_copy(update={"api_keys_file": tmp_path / "missing.toml"}))
+
+
+def test_inline_keys_without_a_file(gateway_factory: GatewayFactory, keys: Keys) -> None:
+    inline = f"acme:{hash_key(keys.acme)}, ops:{hash_key(keys.admin)}:admin"
+    gateway = gateway_factory(api_keys=inline)
+    assert gateway.gateway is not None
+    assert gateway.gateway.security_summary()[0].startswith("auth: on, 2 keys, 2 tenants, 1 admin")
+    with client(gateway, keys.acme) as acme, client(gateway, keys.admin) as admin:
+        acme.create_context_set("docs", DOCS[:3])
+        assert [s.name for s in admin.list_context_sets(all_tenants=True)] == ["acme/docs"]
+    with client(gateway, keys.beta) as beta, pytest.raises(Unauthenticated):
+        beta.list_prompts()  # beta's key is only in the file, which is not configured here
+    # file and inline keys add up
+    both = gateway_factory(api_keys_file=keys.path, api_keys=f"gamma:{hash_key('g-key')}")
+    with client(both, "g-key") as gamma, client(both, keys.beta) as beta:
+        gamma.put_prompt("p", "p: ")
+        assert "p" not in [p.name for p in beta.list_prompts()]
+
+
+@pytest.mark.parametrize(
+    ("inline", "problem"),
+    [
+        ("acme", "not"),
+        ("acme:abc", "64 hex"),
+        ("a/b:" + "0" * 64, "tenant"),
+        ("acme:x:root", "not"),
+    ],
+)
+def test_bad_inline_keys_are_refused(
+    inline: str, problem: str, tmp_path: Path, triton_grpc_url: str
+) -> None:
+    from gateway_fixtures import gateway_settings
+
+    settings = gateway_settings(triton_grpc_url, "sqlite://:memory:", api_keys=inline)
+    with pytest.raises(KeysFileError, match="CDE_API_KEYS") as error:
+        Gateway(settings)
+    assert problem in str(error.value)
 
 
 # --- TLS ----------------------------------------------------------------------------------

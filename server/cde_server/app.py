@@ -43,7 +43,7 @@ class Gateway:
         if settings.triton_url is None:
             raise ValueError("the gateway needs CDE_TRITON_URL (cde serve sets it)")
         self.settings = settings
-        self.authenticator = Authenticator.from_file(settings.api_keys_file)
+        self.authenticator = Authenticator.from_file(settings.api_keys_file, settings.api_keys)
         self.metrics = GatewayMetrics()
         self.backend = TritonPool(
             settings.triton_endpoints,
@@ -150,7 +150,7 @@ class Gateway:
             self._store = None
 
     def security_summary(self) -> list[str]:
-        """Banner lines: authentication mode and TLS (e.g. "auth: off (no CDE_API_KEYS_FILE)")."""
+        """Banner lines: authentication mode and TLS (e.g. "auth: off (...)", "tls: off")."""
         return [
             self.authenticator.summary(),
             listeners.tls_summary(self.settings, self.health_port),

@@ -12,7 +12,9 @@ Keys file (`CDE_API_KEYS_FILE`; `cde keys new --tenant T` prints an entry)::
     rate_limit_burst = 40
     max_streams = 4
 
-Without a keys file authentication is off: every caller is the tenant "" (bare names).
+`CDE_API_KEYS` adds keys without a file (e.g. from a Kubernetes Secret), as comma-separated
+`tenant:sha256` or `tenant:sha256:admin` entries. With neither, authentication is off: every
+caller is the tenant "" (bare names).
 """
 
 from __future__ import annotations
@@ -150,6 +152,25 @@ def load_keys_file(path: Path) -> KeysFile:
         raise KeysFileError(f"keys file {path} is invalid: {problems}") from exc
 
 
+def parse_inline_keys(text: str) -> tuple[KeyEntry, ...]:
+    """Entries of CDE_API_KEYS: "tenant:sha256[:admin]", comma-separated."""
+    entries = []
+    for number, item in enumerate(part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        fields = item.split(":")
+        if len(fields) not in (2, 3) or (len(fields) == 3 and fields[2] != "admin"):
+            raise KeysFileError(
+                f'CDE_API_KEYS entry {number + 1} is not "tenant:sha256" or "tenant:sha256:admin"'
+            )
+        try:
+            entries.append(KeyEntry(tenant=fields[0], key_sha256=fields[1], admin=len(fields) == 3))
+        except ValidationError as exc:
+            problems = "; ".join(error["msg"] for error in exc.errors())
+            raise KeysFileError(f"CDE_API_KEYS entry {number + 1}: {problems}") from None
+    return tuple(entries)
+
+
 class Authenticator:
     """Checks `authorization: Bearer <key>` against the keys file (or lets all in when off)."""
 
@@ -158,11 +179,23 @@ class Authenticator:
         self.source = source
 
     @classmethod
-    def from_file(cls, path: Path | None) -> Authenticator:
-        """Authentication from `path`, or off when None."""
-        if path is None:
+    def from_file(cls, path: Path | None, inline: str | None = None) -> Authenticator:
+        """Authentication from the keys file `path` plus `inline` keys (CDE_API_KEYS); off
+        when there are neither."""
+        extra = parse_inline_keys(inline or "")
+        sources = [str(path)] if path is not None else []
+        if extra:
+            sources.append("CDE_API_KEYS")
+        if path is None and not extra:
             return cls(None)
-        return cls(load_keys_file(path), source=str(path))
+        keys = load_keys_file(path) if path is not None else KeysFile(keys=extra)
+        if path is not None and extra:
+            try:
+                keys = KeysFile(keys=keys.keys + extra, tenants=keys.tenants)
+            except ValidationError as exc:
+                problems = "; ".join(error["msg"] for error in exc.errors())
+                raise KeysFileError(f"CDE_API_KEYS with {path}: {problems}") from None
+        return cls(keys, source=" + ".join(sources))
 
     @property
     def enabled(self) -> bool:
@@ -176,7 +209,7 @@ class Authenticator:
     def summary(self) -> str:
         """One line for the start-up banner, e.g. "auth: on, 3 keys, 2 tenants (keys.toml)"."""
         if self.keys is None:
-            return "auth: off (no CDE_API_KEYS_FILE)"
+            return "auth: off (no CDE_API_KEYS_FILE or CDE_API_KEYS)"
         tenants = {entry.tenant for entry in self.keys.keys}
         admins = sum(entry.admin for entry in self.keys.keys)
         return (

@@ -108,6 +108,10 @@ class GatewaySettings(BaseSettings):
         default=None,
         description="TOML file of hashed API keys and their tenants (unset: auth off)",
     )
+    api_keys: str | None = Field(
+        default=None,
+        description='hashed API keys inline, "tenant:sha256[:admin],..." (adds to the file)',
+    )
     tls_cert: Path | None = Field(
         default=None, description="PEM certificate chain of the gRPC port (with CDE_TLS_KEY)"
     )

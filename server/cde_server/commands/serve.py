@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings.log_level)
     try:
-        Authenticator.from_file(settings.api_keys_file)  # a bad keys file stops us before Triton
+        # bad keys stop `cde serve` before Triton starts
+        Authenticator.from_file(settings.api_keys_file, settings.api_keys)
     except KeysFileError as exc:
         print(f"cde serve: {exc}", file=sys.stderr)
         return 2
