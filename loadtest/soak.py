@@ -4,7 +4,7 @@ Builds on `run_loadtest.py` (same stack: `cde serve` with the embedded Triton an
 SQLite store; same locustfile and statistics). While locust runs, the resident memory (RSS) of
 the gateway process and of Triton's process tree (tritonserver and its python-backend stubs) is
 sampled every few seconds with psutil. The run passes when no request failed and neither RSS
-grew by more than --max-growth between the first sample after the warm-up and the last one.
+grew by more than --max-growth from the minute after the warm-up to the last minute (medians).
 Samples go to `<reports>/soak_rss.csv`; --record writes the "Soak" section of RESULTS.md.
 
     .venv/bin/python loadtest/soak.py [--users 32] [--spawn-rate 8] [--run-time 600]
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -30,6 +31,7 @@ import run_loadtest as lt
 
 SECTION = "## Soak (make soak)"
 TRITON_NAME = "tritonserver"
+WINDOW_S = 60.0  # RSS before and after is the median over this long
 
 
 @dataclass(frozen=True)
@@ -150,18 +152,22 @@ class Sampler:
                 return
 
 
-def growth(samples: Sequence[Sample], warm_up_s: float) -> list[Growth]:
-    """Gateway and Triton RSS growth from the first sample at or after `warm_up_s` to the last
-    (empty when no sample was taken after the warm-up)."""
+def growth(samples: Sequence[Sample], warm_up_s: float, window_s: float = WINDOW_S) -> list[Growth]:
+    """Gateway and Triton RSS growth from the first `window_s` after `warm_up_s` to the last
+    `window_s` of the run, each the median of its samples: RSS also swings with the batches in
+    flight (hundreds of MiB with long documents), which is not growth. Empty when no sample
+    was taken after the warm-up."""
     after = [s for s in samples if s.seconds >= warm_up_s]
     if not after:
         return []
+    base = [s for s in after if s.seconds <= after[0].seconds + window_s]
+    end = [s for s in after if s.seconds >= after[-1].seconds - window_s]
     return [
         Growth(
             name,
             start_bytes=getattr(samples[0], field),
-            base_bytes=getattr(after[0], field),
-            end_bytes=getattr(after[-1], field),
+            base_bytes=int(statistics.median(getattr(s, field) for s in base)),
+            end_bytes=int(statistics.median(getattr(s, field) for s in end)),
             peak_bytes=max(getattr(s, field) for s in samples),
         )
         for name, field in (("gateway", "gateway_bytes"), ("Triton", "triton_bytes"))
@@ -189,7 +195,7 @@ def verdict(rows: Sequence[lt.StatsRow], growths: Sequence[Growth], max_growth: 
 def rss_table(growths: Sequence[Growth]) -> list[str]:
     """Markdown table of the RSS figures in MiB."""
     lines = [
-        "| process | start MiB | after warm-up MiB | end MiB | peak MiB | growth after warm-up |",
+        "| process | start MiB | minute after warm-up MiB | last minute MiB | peak MiB | growth |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     mib = 1 << 20
@@ -249,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"`{args.model}`, {os.cpu_count()} cores; 1-min load average {load_start:.1f} at the "
         f"start, {os.getloadavg()[0]:.1f} at the end. RSS sampled every {args.interval:g} s "
         f"({len(samples)} samples; Triton = tritonserver + stubs, {triton_processes} "
-        f"processes), baseline after {args.warm_up:g} s of load, limit "
+        f"processes), medians of the minute after {args.warm_up:g} s of load and of the last "
+        "minute, limit "
         f"{args.max_growth:.0%}: "
         + ("**passed**." if not problems else "**failed** (" + "; ".join(problems) + ").")
     )

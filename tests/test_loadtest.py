@@ -100,6 +100,10 @@ def test_soak_growth_is_measured_after_the_warm_up() -> None:
     failed = run_loadtest.StatsRow("grpc", "Aggregated", 10, 2, 5.0, 9.0, 9.0, 9.0, 1.0)
     assert soak.verdict([failed], [gateway], max_growth=0.10) == ["2 of 10 requests failed"]
     assert soak.growth(samples, warm_up_s=700.0) == []
+    levels = (1000, 1200, 1100)  # RSS swinging with the batches in flight, no growth
+    swinging = [soak.Sample(120.0 + 5 * i, mib, levels[i % 3] * mib, 5) for i in range(60)]
+    _, swing = soak.growth(swinging, warm_up_s=120.0)
+    assert swing.ratio == 0.0 and swing.peak_bytes == 1200 * mib  # medians, not single samples
     assert soak.verdict([ok], [], max_growth=0.10) == ["no RSS sample after the warm-up"]
 
 
