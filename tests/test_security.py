@@ -198,6 +198,7 @@ def test_inline_keys_without_a_file(gateway_factory: GatewayFactory, keys: Keys)
         ("acme:abc", "64 hex"),
         ("a/b:" + "0" * 64, "tenant"),
         ("acme:x:root", "not"),
+        (f"a:{'1' * 64},b:{'1' * 64}", "twice"),
     ],
 )
 def test_bad_inline_keys_are_refused(

@@ -1,8 +1,9 @@
 """TritonPool against the session's Triton: choice of endpoint, mark-down with retry, fail fast.
 
 Two endpoints reach the same server ("127.0.0.1:port" and "localhost:port"), so the choice is
-observable without a second Triton; a free port stands for a dead server. Rejoining after a
-restart is proved with two real servers in test_scale_out.py.
+observable without a second Triton; a free port stands for a dead server. A second Triton
+serving another model shows that one pool never mixes two models. Rejoining after a restart
+is proved with two real servers in test_scale_out.py.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
+from cde_model.random_checkpoint import write_random_checkpoint
 from cde_server.errors import BackendUnavailableError
+from cde_server.launcher import TritonProcess
 from cde_server.triton_pool import TritonPool
 from store_fixtures import free_port
+from triton_fixtures import tiny_triton_settings
 
 
 class Observer:
@@ -126,3 +131,36 @@ def test_endpoints_must_be_distinct() -> None:
         TritonPool(["a:1", "a:1"])
     with pytest.raises(ValueError, match="distinct"):
         TritonPool([])
+
+
+@pytest.fixture(scope="module")
+def other_model_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second Triton serving another model (a random tiny checkpoint); its gRPC address."""
+    folder = tmp_path_factory.mktemp("other-model")
+    checkpoint = write_random_checkpoint(folder / "checkpoint", "tiny", seed=5)
+    settings = tiny_triton_settings(folder / "cache", model=str(checkpoint))
+    with TritonProcess(settings, log=lambda _line: None) as process:
+        yield process.grpc_url
+
+
+def test_endpoints_serving_another_model_are_kept_down(
+    triton_grpc_url: str, other_model_triton: str
+) -> None:
+    async def scenario(urls: list[str]) -> tuple[list[str], str]:
+        pool = TritonPool(urls, timeout_s=10.0)
+        try:
+            assert await pool.ready(5.0)
+            fingerprints = {(await pool.model_info()).fingerprint for _ in range(4)}
+            assert len(fingerprints) == 1, "calls must never reach the other model"
+            return pool.up_urls, fingerprints.pop()
+        finally:
+            await pool.close()
+
+    # a tie goes to configuration order; the other endpoint is down, whatever it serves
+    up, first = asyncio.run(scenario([triton_grpc_url, other_model_triton]))
+    assert up == [triton_grpc_url]
+    up, second = asyncio.run(scenario([other_model_triton, triton_grpc_url]))
+    assert up == [other_model_triton] and second != first
+    # the majority wins: two names of the session's server against the other model
+    up, majority = asyncio.run(scenario([other_model_triton, *two_names(triton_grpc_url)]))
+    assert up == two_names(triton_grpc_url) and majority == first

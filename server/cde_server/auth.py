@@ -188,13 +188,15 @@ class Authenticator:
             sources.append("CDE_API_KEYS")
         if path is None and not extra:
             return cls(None)
-        keys = load_keys_file(path) if path is not None else KeysFile(keys=extra)
-        if path is not None and extra:
-            try:
-                keys = KeysFile(keys=keys.keys + extra, tenants=keys.tenants)
-            except ValidationError as exc:
-                problems = "; ".join(error["msg"] for error in exc.errors())
-                raise KeysFileError(f"CDE_API_KEYS with {path}: {problems}") from None
+        from_file = load_keys_file(path) if path is not None else None
+        try:
+            keys = KeysFile(
+                keys=(from_file.keys if from_file else ()) + extra,
+                tenants=from_file.tenants if from_file else {},
+            )
+        except ValidationError as exc:
+            problems = "; ".join(error["msg"] for error in exc.errors())
+            raise KeysFileError(f"CDE_API_KEYS ({' + '.join(sources)}): {problems}") from None
         return cls(keys, source=" + ".join(sources))
 
     @property

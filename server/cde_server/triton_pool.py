@@ -10,6 +10,11 @@ blip, or a DNS name whose other addresses still answer, brings it straight back)
 each up or down; the health monitor calls it every CDE_HEALTH_INTERVAL_S, which is how a
 restarted Triton rejoins. With no endpoint up, calls fail at once with UNAVAILABLE. Each Triton
 fills its own context cache on demand (the cache-miss protocol).
+
+One model at a time: a probe also reads each endpoint's model fingerprint, and an endpoint
+serving another model than the pool's is kept down, so embeddings never mix two models. The
+pool's model is the one most ready endpoints serve (ties: configuration order); it changes
+only when no ready endpoint serves it any more, so a rolling update switches in one step.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -105,6 +111,7 @@ class TritonPool:
             for url in urls
         ]
         self._next = 0
+        self._fingerprint: str | None = None  # the model every up endpoint must serve
         self._probes: dict[str, asyncio.Task[None]] = {}
         for endpoint in self._endpoints:
             self._observer.endpoint_up(endpoint.url, True)
@@ -133,12 +140,44 @@ class TritonPool:
 
     async def ready(self, timeout_s: float = 2.0) -> bool:
         """Probe every endpoint, mark each up or down; whether at least one is up."""
-        results = await asyncio.gather(
-            *(endpoint.backend.ready(timeout_s) for endpoint in self._endpoints)
+        served = await asyncio.gather(
+            *(self._served_model(endpoint, timeout_s) for endpoint in self._endpoints)
         )
-        for endpoint, ready in zip(self._endpoints, results, strict=True):
-            self._mark(endpoint, ready, "not ready")
-        return any(results)
+        fingerprints = [fingerprint for fingerprint in served if fingerprint is not None]
+        if fingerprints and self._fingerprint not in fingerprints:
+            self._pin(Counter(fingerprints).most_common(1)[0][0])
+        for endpoint, fingerprint in zip(self._endpoints, served, strict=True):
+            self._mark_serving(endpoint, fingerprint)
+        return any(endpoint.up for endpoint in self._endpoints)
+
+    async def _served_model(self, endpoint: _Endpoint, timeout_s: float) -> str | None:
+        """The fingerprint `endpoint` serves, or None when it is not ready (never raises)."""
+        try:
+            if await endpoint.backend.ready(timeout_s):
+                return (await endpoint.backend.model_info(timeout_s)).fingerprint
+        except Exception as exc:  # a probe must not fail: the endpoint is just not ready
+            logger.debug("probe of %s failed: %s", endpoint.url, exc)
+        return None
+
+    def _pin(self, fingerprint: str) -> None:
+        if self._fingerprint is not None:
+            logger.warning(
+                "Triton endpoints now serve model %s (was %s)",
+                fingerprint[:12],
+                self._fingerprint[:12],
+            )
+        self._fingerprint = fingerprint
+
+    def _mark_serving(self, endpoint: _Endpoint, fingerprint: str | None) -> None:
+        """Up when ready and serving the pool's model (pinning it if none is pinned yet)."""
+        if fingerprint is None:
+            self._mark(endpoint, False, "not ready")
+            return
+        if self._fingerprint is None:
+            self._pin(fingerprint)
+        same = fingerprint == self._fingerprint
+        reason = f"serves model {fingerprint[:12]}, the pool serves {str(self._fingerprint)[:12]}"
+        self._mark(endpoint, same, reason)
 
     async def model_info(self, timeout_s: float | None = None) -> ServedModelInfo:
         """The served model's information, from any up endpoint."""
@@ -230,7 +269,7 @@ class TritonPool:
 
         async def probe() -> None:
             try:
-                self._mark(endpoint, await endpoint.backend.ready(timeout_s), "not ready")
+                self._mark_serving(endpoint, await self._served_model(endpoint, timeout_s))
             finally:
                 del self._probes[endpoint.url]
 
