@@ -280,9 +280,19 @@ class RedisStore:
     # -- prompts --------------------------------------------------------------------------
 
     async def list_prompts(self, *, namespace: str | None = None) -> dict[str, str]:
-        """Custom prompts (of one namespace, if given; filtered here, prompts are few)."""
+        """Custom prompts (of one namespace, if given). A tenant's are matched by Redis (HSCAN),
+        so no tenant's call transfers the others' prompts."""
         async with self._guard():
-            raw = await self._client.hgetall(self._prompts_key)
+            if namespace:
+                pattern = _glob_escape(namespace + NAMESPACE_SEPARATOR) + "*"
+                raw = {
+                    name: text
+                    async for name, text in self._client.hscan_iter(
+                        self._prompts_key, match=pattern, count=1000
+                    )
+                }
+            else:
+                raw = await self._client.hgetall(self._prompts_key)
         prompts = {_text(name): _text(text) for name, text in sorted(raw.items())}
         return {name: text for name, text in prompts.items() if in_namespace(name, namespace)}
 
@@ -323,3 +333,8 @@ class RedisStore:
 
     def __repr__(self) -> str:
         return f"RedisStore({self._display_url!r}, prefix={self._prefix!r})"
+
+
+def _glob_escape(text: str) -> str:
+    """`text` as a literal in a Redis glob pattern."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
