@@ -88,6 +88,8 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         """`calls` logs and counts rejected calls of `counted_services` (full service names)."""
         self._calls = calls
         self._counted = frozenset(counted_services)
+        # method → (its handler, the guarded copy): built once per method, not per call
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -99,9 +101,15 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or handler.request_deserializer is None:
             return handler
         method: str = handler_call_details.method
+        cached = self._guarded.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         service, _, rpc = method.lstrip("/").rpartition("/")
-        reject = self._rejecter(rpc if service in self._counted else None)
-        return _guard_handler(handler, reject)
+        guarded_handler = _guard_handler(
+            handler, self._rejecter(rpc if service in self._counted else None)
+        )
+        self._guarded[method] = (handler, guarded_handler)
+        return guarded_handler
 
     def _rejecter(self, rpc: str | None) -> Reject:
         """Ends a call with INVALID_ARGUMENT, through a call scope when `rpc` is counted."""
