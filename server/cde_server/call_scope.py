@@ -70,8 +70,8 @@ class CallScope:
         except (UnauthenticatedError, ResourceExhaustedError) as exc:
             reason = "unauthenticated" if isinstance(exc, UnauthenticatedError) else "rate_limit"
             self._scopes.rejected(reason)
-            await self.__aexit__(type(exc), exc, exc.__traceback__)  # aborts the call
-            raise
+            await self.__aexit__(type(exc), exc, exc.__traceback__)  # aborts: raises AbortError
+            raise  # not reached
         return call
 
     async def __aexit__(
@@ -87,12 +87,11 @@ class CallScope:
             elif isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
                 code, message = status_of(exc)
                 call.code = code.name
-                retry_after = getattr(exc, "retry_after", None)
-                if isinstance(exc, ResourceExhaustedError) and retry_after is not None:
+                if isinstance(exc, ResourceExhaustedError) and exc.retry_after is not None:
                     call.context.set_trailing_metadata(
                         (
                             (REQUEST_ID_HEADER, call.request_id),
-                            (RETRY_AFTER_HEADER, f"{max(retry_after, 0.001):.3f}"),
+                            (RETRY_AFTER_HEADER, f"{max(exc.retry_after, 0.001):.3f}"),
                         )
                     )
                 await call.context.abort(code, message)
