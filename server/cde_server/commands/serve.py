@@ -163,9 +163,18 @@ async def _announce(gateway: Gateway) -> None:
     print("  stop: Ctrl-C", flush=True)
 
 
+# Errors tritonserver logs on every start without a GPU; harmless on CPU, so logged as INFO.
+_CPU_ONLY_NOISE = (
+    "CudaDriverHelper has not been initialized",
+    "CUDA driver version is insufficient",
+)
+
+
 def _triton_log(line: str) -> None:
     """Forward a Triton log line at a level read from its first letter (E, W, I)."""
     import logging
 
     level = {"E": logging.ERROR, "W": logging.WARNING}.get(line[:1], logging.DEBUG)
+    if level == logging.ERROR and any(noise in line for noise in _CPU_ONLY_NOISE):
+        level = logging.INFO
     logging.getLogger("cde_server.triton").log(level, "%s", line)
