@@ -56,6 +56,12 @@ def test_settings_refuse_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
         "CDE_TRITON_TLS_KEY",
     ):
         monkeypatch.delenv(name)
+    monkeypatch.setenv("CDE_TLS_CERT", __file__ + ".missing")  # found before Triton starts
+    monkeypatch.setenv("CDE_TLS_KEY", __file__)
+    with pytest.raises(ValueError, match="tls_cert"):
+        GatewaySettings()
+    monkeypatch.delenv("CDE_TLS_CERT")
+    monkeypatch.delenv("CDE_TLS_KEY")
     monkeypatch.setenv("CDE_MAX_TEXTS_PER_REQUEST", "0")
     with pytest.raises(ValueError):
         GatewaySettings()

@@ -112,13 +112,13 @@ class GatewaySettings(BaseSettings):
         default=None,
         description='hashed API keys inline, "tenant:sha256[:admin],..." (adds to the file)',
     )
-    tls_cert: Path | None = Field(
+    tls_cert: FilePath | None = Field(
         default=None, description="PEM certificate chain of the gRPC port (with CDE_TLS_KEY)"
     )
-    tls_key: Path | None = Field(
+    tls_key: FilePath | None = Field(
         default=None, description="PEM private key of the gRPC port (with CDE_TLS_CERT)"
     )
-    tls_client_ca: Path | None = Field(
+    tls_client_ca: FilePath | None = Field(
         default=None, description="PEM CA(s): require client certificates signed by them"
     )
     health_port: int | None = Field(
