@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -170,6 +171,19 @@ def statistics(client: grpcclient.InferenceServerClient, model: str) -> tuple[in
     return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
 
+def statistics_after(
+    client: grpcclient.InferenceServerClient, model: str, inferences: int, timeout: float = 10.0
+) -> tuple[int, int]:
+    """Statistics once they count `inferences`: the python backend reports a batch's
+    statistics after sending its responses, so a client can see its answers first."""
+    deadline = time.monotonic() + timeout
+    counts = statistics(client, model)
+    while counts[0] < inferences and time.monotonic() < deadline:
+        time.sleep(0.05)
+        counts = statistics(client, model)
+    return counts
+
+
 def fire(
     client: grpcclient.InferenceServerClient,
     model: str,
@@ -202,9 +216,9 @@ def test_concurrent_requests_are_batched_and_unchanged(
         assert not isinstance(result, Exception), result
         assert_close(np.asarray(result.as_numpy(tp.EMBEDDING)), expected[pick : pick + 1])
     for model, (inferences_before, executions_before) in before.items():
-        inferences, executions = statistics(client, model)
+        inferences, executions = statistics_after(client, model, inferences_before + len(picks))
         # >=: other clients of the session's Triton (a gateway's checks) may add a few
-        assert inferences - inferences_before >= len(picks)
+        assert inferences - inferences_before >= len(picks), model
         assert executions - executions_before < inferences - inferences_before, model
 
 
