@@ -420,13 +420,17 @@ def test_deadline_while_triton_is_busy_stops_the_call_everywhere(
         settled = triton_calls(url)
     assert not blockers.errors
     assert triton_calls(url) == settled, "the gateway kept calling Triton after the deadline"
+    stats: dict[str, int] = {}
+
+    def blockers_counted() -> bool:
+        # the python backend reports a batch's statistics just after sending its responses
+        stats.update(
+            {k: v - stats_before[k] for k, v in first_stage_stats(triton_grpc_url).items()}
+        )
+        return stats["success"] >= blockers.count
+
+    wait_for(blockers_counted, 10.0, "the blockers in Triton's statistics")
     rows = blockers.count * BusyFirstStage.ROWS
-    # the python backend reports a batch's statistics just after sending its responses
-    deadline = time.monotonic() + 10.0
-    stats = {k: v - stats_before[k] for k, v in first_stage_stats(triton_grpc_url).items()}
-    while stats["success"] < blockers.count and time.monotonic() < deadline:
-        time.sleep(0.05)
-        stats = {k: v - stats_before[k] for k, v in first_stage_stats(triton_grpc_url).items()}
     # Triton computed the blockers only: the expired request was dropped, never executed
     assert stats["rows"] == rows and stats["success"] == blockers.count, stats
     assert stats["fail"] >= 1 and stats["computed"] == blockers.count, stats
