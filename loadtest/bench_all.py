@@ -136,13 +136,6 @@ def texts_for(plan: Plan, kind: str, count: int, seed: int) -> list[str]:
     return corpus.documents(count, min_tokens=tokens, max_tokens=tokens, seed=seed)
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` (all its threads) so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def forward_flops(
     plan: Plan, model: Any, prepared: Any, text: str
 ) -> tuple[float, str, FloatMatrix]:
@@ -388,7 +381,7 @@ def server_cpu(path: str, triton_pgid: int, gateway_pid: int) -> float:
         return 0.0
     used = bench_triton.group_cpu_seconds(triton_pgid)
     if path == "gateway":
-        used += process_cpu_seconds(gateway_pid)
+        used += bench_triton.cpu_seconds([gateway_pid])
     return used
 
 

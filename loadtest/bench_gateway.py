@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import bench_triton
 import numpy as np
 import numpy.typing as npt
 
@@ -66,21 +67,10 @@ class Processes:
 
     def cpu_seconds(self) -> tuple[float, float]:
         """(gateway, Triton) user+system CPU seconds so far."""
-        from cde_server.launcher import process_group_members
-
-        return _cpu([self.gateway_pid]), _cpu(process_group_members(self.triton_pgid))
-
-
-def _cpu(pids: Sequence[int]) -> float:
-    ticks = 0
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+        return (
+            bench_triton.cpu_seconds([self.gateway_pid]),
+            bench_triton.group_cpu_seconds(self.triton_pgid),
+        )
 
 
 def make_queries(count: int, seed: int) -> list[str]:

@@ -18,13 +18,14 @@ Results replace the "## Triton" section of loadtest/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import queue
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import psutil
 from cde_server import triton_protocol as tp
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,19 +168,21 @@ def second_stage_counts(url: str) -> tuple[int, int]:
     return int(model.get("inference_count", 0)), int(model.get("execution_count", 0))
 
 
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU seconds used so far by those of `pids` still alive (all threads)."""
+    used = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = psutil.Process(pid).cpu_times()
+            used += times.user + times.system
+    return used
+
+
 def group_cpu_seconds(pgid: int) -> float:
     """User + system CPU seconds used so far by the live processes of process group `pgid`."""
     from cde_server.launcher import process_group_members
 
-    ticks = 0
-    for pid in process_group_members(pgid):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return cpu_seconds(process_group_members(pgid))
 
 
 def in_process(
