@@ -1,10 +1,12 @@
-"""Build hook: generate the cde.v1 protobuf/gRPC Python code (with mypy-protobuf stubs).
+"""Build hooks: generate the cde.v1 protobuf/gRPC Python code (with mypy-protobuf stubs), and
+ship the top-level model_repository/ inside the wheel as cde_server/triton/model_repository.
 
 Everything else about the package lives in pyproject.toml.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -15,6 +17,8 @@ from setuptools.command.build_py import build_py
 ROOT = Path(__file__).resolve().parent
 PROTO_ROOT = ROOT / "proto"
 OUT_DIR = ROOT / "client"
+MODEL_REPOSITORY = ROOT / "model_repository"
+PACKAGED_MODEL_REPOSITORY = Path("cde_server", "triton", "model_repository")
 
 
 def generate_protos() -> None:
@@ -60,11 +64,19 @@ def _mypy_plugins() -> dict[str, Path]:
 
 
 class BuildPyWithProtos(build_py):
-    """build_py that generates the protobuf modules first."""
+    """build_py that generates the protobuf modules first and copies model_repository/."""
 
     def run(self) -> None:
         generate_protos()
         super().run()
+        # An editable install reads the checkout's copy; a tree without model_repository/
+        # (the gateway image, which talks to an external Triton) ships none.
+        if not self.editable_mode and MODEL_REPOSITORY.is_dir():
+            target = Path(self.build_lib) / PACKAGED_MODEL_REPOSITORY
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(
+                MODEL_REPOSITORY, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+            )
 
 
 setup(cmdclass={"build_py": BuildPyWithProtos})

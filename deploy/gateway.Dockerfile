@@ -30,7 +30,7 @@ COPY model ./model
 ARG PROJECT_EXTRAS=server
 # A plain (non-editable) install: setup.py generates the cde.v1 gRPC modules while building.
 RUN pip install ".[${PROJECT_EXTRAS}]" \
-    && python -c "import cde.v1.embedding_service_pb2_grpc, cde_server.cli, grpc_health.v1.health_pb2"
+    && python -c "import cde.v1.embedding_service_pb2_grpc, cde_server.cli.main, grpc_health.v1.health_pb2"
 
 # Same base as the build stage: the venv's interpreter links to it.
 FROM python:3.11.11-slim-bookworm

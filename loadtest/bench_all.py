@@ -12,7 +12,7 @@ embeddings the in-process model and Triton-direct calls use too. For each kind o
 (queries; documents of a fixed token length, from loadtest/corpus.py) and concurrency c in
 1/8/32, every path embeds the same number of fresh texts, one text per request, closed loop:
 - in-process: `EmbeddingModel.second_stage` in batches of c (`bench_triton.in_process`);
-- Triton direct: c concurrent `TritonBackend.embed` calls, the gateway's own Triton code path;
+- Triton direct: c concurrent `TritonEndpoint.embed` calls, the gateway's own Triton code path;
 - gateway + client: c concurrent `AsyncCdeClient.embed` calls to the gateway.
 The order of the paths rotates from cell to cell (demo: each cell three times, A B C, C B A,
 A B C, keeping the best run of each path), so drift in machine load spreads evenly. CPU seconds
@@ -164,12 +164,13 @@ class TritonDirect:
     """One text per call straight to Triton, the way the gateway's backend calls it."""
 
     def __init__(self, url: str, context_id: str, dataset: FloatMatrix, max_tokens: int) -> None:
-        from cde_server.triton_backend import ContextRef, TritonBackend
+        from cde_server.inference.interface import ContextRef
+        from cde_server.inference.triton_endpoint import TritonEndpoint
 
         async def load() -> FloatMatrix:  # on a context-cache miss in Triton
             return dataset
 
-        self.backend = TritonBackend(url, embed_path="direct", timeout_s=3600.0)
+        self.backend = TritonEndpoint(url, embed_path="direct", timeout_s=3600.0)
         self.context = ContextRef(context_id, load)
         self.max_tokens = max_tokens
 
@@ -231,7 +232,7 @@ async def closed_loop(
 def run_stack(plan: Plan, dtype: str) -> StackResult:
     """Start Triton + gateway for `plan.model`, measure every cell, stop everything."""
     from cde_model import load_model
-    from cde_server.launcher import TritonProcess
+    from cde_server.triton.launcher import TritonProcess
 
     load_before = os.getloadavg()[0]
     started = time.perf_counter()

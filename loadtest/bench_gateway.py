@@ -114,12 +114,13 @@ class TritonSide:
     """Sends a request of texts to Triton the way the gateway's backend does."""
 
     def __init__(self, url: str, context_id: str, path: str) -> None:
-        from cde_server.triton_backend import ContextRef, TritonBackend
+        from cde_server.inference.interface import ContextRef
+        from cde_server.inference.triton_endpoint import TritonEndpoint
 
         async def never() -> npt.NDArray[np.float32]:
             raise AssertionError("the context should be cached in Triton")
 
-        self.backend = TritonBackend(url, embed_path=path, timeout_s=3600.0)
+        self.backend = TritonEndpoint(url, embed_path=path, timeout_s=3600.0)
         self.context = ContextRef(context_id, never)
 
     async def send(self, texts: list[str]) -> int:
@@ -153,7 +154,7 @@ class GatewaySide:
 
 def start_gateway(triton_url: str, store: Path, path: str) -> tuple[subprocess.Popen[str], str]:
     """`cde serve` against Triton; returns the process and its address once it is ready."""
-    from cde_server.launcher import free_ports
+    from cde_server.triton.launcher import free_ports
 
     port, metrics_port = free_ports(2)
     env = dict(os.environ)
@@ -168,7 +169,7 @@ def start_gateway(triton_url: str, store: Path, path: str) -> tuple[subprocess.P
         CDE_WARM_UP_DEFAULT_CONTEXT="false",
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "cde_server.cli", "serve"],
+        [sys.executable, "-m", "cde_server.cli.main", "serve"],
         env=env,
         stdout=subprocess.PIPE,
         text=True,
@@ -296,8 +297,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from cde_model.random_checkpoint import write_random_checkpoint
-    from cde_server.launcher import TritonProcess, free_ports
-    from cde_server.triton_settings import TritonSettings
+    from cde_server.triton.launcher import TritonProcess, free_ports
+    from cde_server.triton.settings import TritonSettings
 
     raw_us, repeated_us = decode_speed(64, 768, 200)
     print(f"decode 64x768: raw bytes {raw_us:.0f} us, repeated float {repeated_us:.0f} us")
@@ -355,7 +356,7 @@ def main() -> int:
         f"checkpoint, {args.dtype}, CPU configs. Each round runs both sides at the same time for "
         f"{args.seconds:.0f} s, {args.concurrency} closed-loop clients each, {args.batch} queries "
         f"(6-14 words) per request, on one context (a set of 512 sampled from 600 documents). "
-        f"Triton side: `TritonBackend` ({args.path} path) straight to Triton; gateway side: "
+        f"Triton side: `TritonEndpoint` ({args.path} path) straight to Triton; gateway side: "
         "cde.v1 `Embed` to a separate `cde serve` process in front of the same Triton. Running "
         "both at once makes machine-load swings hit both sides alike.",
         "",

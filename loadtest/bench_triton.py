@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import psutil
-from cde_server import triton_protocol as tp
+from cde_server.triton import protocol as tp
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "loadtest" / "RESULTS.md"
@@ -180,7 +180,7 @@ def cpu_seconds(pids: Iterable[int]) -> float:
 
 def group_cpu_seconds(pgid: int) -> float:
     """User + system CPU seconds used so far by the live processes of process group `pgid`."""
-    from cde_server.launcher import process_group_members
+    from cde_server.triton.launcher import process_group_members
 
     return cpu_seconds(process_group_members(pgid))
 
@@ -224,7 +224,7 @@ def triton_run(url: str, pgid: int, context: str, texts: Sequence[str], concurre
 def throughput(checkpoint: Path, dtype: str, scale: int) -> tuple[list[ThroughputRow], str]:
     """Part 1 on the full-size checkpoint; rows and a line on start-up."""
     from cde_model import load_model
-    from cde_server.launcher import TritonProcess
+    from cde_server.triton.launcher import TritonProcess
 
     started = time.perf_counter()
     model = load_model(str(checkpoint), dtype=dtype, device="cpu")
@@ -282,7 +282,7 @@ def throughput(checkpoint: Path, dtype: str, scale: int) -> tuple[list[Throughpu
 
 def overhead(requests_per_client: int) -> list[OverheadRow]:
     """Part 2 on the tiny checkpoint: requests/s of the ensemble and the direct path."""
-    from cde_server.launcher import TritonProcess
+    from cde_server.triton.launcher import TritonProcess
 
     rows = []
     dataset = np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32)
@@ -309,8 +309,8 @@ def overhead(requests_per_client: int) -> list[OverheadRow]:
 
 def triton_settings(checkpoint: Path, dtype: str) -> Any:
     """Embedded Triton on CPU configs and free ports."""
-    from cde_server.launcher import free_ports
-    from cde_server.triton_settings import TritonSettings
+    from cde_server.triton.launcher import free_ports
+    from cde_server.triton.settings import TritonSettings
 
     grpc_port, http_port, metrics_port = free_ports(3)
     return TritonSettings.model_validate(

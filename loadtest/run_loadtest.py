@@ -116,7 +116,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 @contextlib.contextmanager
 def running_gateway(model: str, store_dir: Path, log: Path) -> Iterator[Gateway]:
     """`cde serve` on free loopback ports with a SQLite store in `store_dir`; stopped on exit."""
-    from cde_server.launcher import free_ports
+    from cde_server.triton.launcher import free_ports
 
     port, triton_grpc, triton_http, triton_metrics = free_ports(4)
     env = dict(os.environ)
@@ -138,7 +138,7 @@ def running_gateway(model: str, store_dir: Path, log: Path) -> Iterator[Gateway]
     )
     with log.open("w", encoding="utf-8") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cde_server.cli", "serve"],
+            [sys.executable, "-m", "cde_server.cli.main", "serve"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=log_file,

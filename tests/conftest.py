@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# A missing plugin module must fail the run, never drop its fixtures silently.
 pytest_plugins = [
-    name
-    for name in (
-        "triton_fixtures",
-        "store_fixtures",
-        "gateway_fixtures",
-        "client_fixtures",
-        "process_fixtures",
-    )
-    if (Path(__file__).parent / f"{name}.py").exists()
+    "triton_fixtures",
+    "store_fixtures",
+    "gateway_fixtures",
+    "client_fixtures",
+    "process_fixtures",
 ]

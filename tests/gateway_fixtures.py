@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 from cde.v1 import embedding_service_pb2_grpc as pb_grpc
-from cde_server.app import Gateway
-from cde_server.settings import GatewaySettings
+from cde_server.gateway.app import Gateway
+from cde_server.gateway.settings import GatewaySettings
 
 T = TypeVar("T")
 START_TIMEOUT_S = 60.0

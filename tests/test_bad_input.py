@@ -2,7 +2,7 @@
 
 Cases run against a gateway with small limits ("small") or with the default ones ("default"),
 both in front of the session's real Triton. Every expected status names the row of
-`cde_server.status.ERROR_TABLE` it exercises (or "valid input" when the answer is OK).
+`cde_server.gateway.status.ERROR_TABLE` it exercises (or "valid input" when the answer is OK).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 import raw_grpc as raw
 from cde.v1 import embedding_service_pb2 as pb
 from cde.v1 import embedding_service_pb2_grpc as pb_grpc
-from cde_server.status import ERROR_TABLE
+from cde_server.gateway.status import ERROR_TABLE
 from gateway_fixtures import GatewayThread, gateway_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 

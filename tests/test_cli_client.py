@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 from cde_client import CdeClient
-from cde_server.cli import main
+from cde_server.cli.main import main
 
 if TYPE_CHECKING:
     from gateway_fixtures import GatewayThread
@@ -183,7 +183,7 @@ def test_address_from_the_environment(
 def test_console_script_help() -> None:
     for argv in (["--help"], ["context", "--help"], ["embed", "--help"], ["search", "--help"]):
         result = subprocess.run(
-            [sys.executable, "-m", "cde_server.cli", *argv],
+            [sys.executable, "-m", "cde_server.cli.main", *argv],
             capture_output=True,
             text=True,
             check=True,
@@ -191,7 +191,7 @@ def test_console_script_help() -> None:
         )
         assert "usage: cde" in result.stdout
     top = subprocess.run(
-        [sys.executable, "-m", "cde_server.cli", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "cde_server.cli.main", "--help"], capture_output=True, text=True
     ).stdout
     for command in ("context", "prompt", "embed", "search"):
         assert command in top

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from cde_server.context_sets import (
+from cde_server.domain.context_sets import (
     DocumentCollector,
     build_context_set,
     is_compatible,
@@ -17,7 +17,7 @@ from cde_server.context_sets import (
     sampling_of,
 )
 from cde_server.errors import FailedPreconditionError, InvalidArgumentError
-from cde_server.triton_protocol import context_id
+from cde_server.triton.protocol import context_id
 
 DOCS = [f"document {i}" for i in range(40)]
 
@@ -155,7 +155,8 @@ def test_compatibility_with_the_served_model() -> None:
 
 def test_domain_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, cde_server.context_sets, cde_server.prompts, cde_server.pagination, "
+        "import sys, cde_server.domain.context_sets, cde_server.domain.prompts, "
+        "cde_server.domain.pagination, "
         "cde_server.stores.sqlite, cde_server.stores.redis; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )

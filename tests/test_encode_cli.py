@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from cde_server.cli import main
+from cde_server.cli.main import main
 from paths import TINY_CHECKPOINT
 from safetensors.torch import load_file, save_file
 
@@ -159,7 +159,7 @@ def test_missing_output_directory(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_process_contract_stdout_empty_and_no_traceback(tmp_path: Path) -> None:
     """As a real process: success writes nothing to stdout; an error is one stderr line."""
     source = write_lines(tmp_path / "in.txt", ["hello", "world"])
-    command = [sys.executable, "-m", "cde_server.cli", "encode", "--model",
+    command = [sys.executable, "-m", "cde_server.cli.main", "encode", "--model",
                str(TINY_CHECKPOINT), "--input-file", str(source), "--prompt", "clustering",
                "--dtype", "bfloat16"]  # fmt: skip
     ok = subprocess.run([*command, "--output", str(tmp_path / "o.npy")],

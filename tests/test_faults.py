@@ -22,8 +22,8 @@ import tritonclient.grpc.aio as triton_aio
 from cde.v1 import embedding_service_pb2 as pb
 from cde.v1 import embedding_service_pb2_grpc as pb_grpc
 from cde_client import CdeClient, HealthStatus, NotFound, Unavailable
-from cde_server import triton_protocol as tp
-from cde_server.launcher import TritonProcess
+from cde_server.triton import protocol as tp
+from cde_server.triton.launcher import TritonProcess
 from gateway_fixtures import GatewayFactory, ignore_poller_wakeups
 from process_fixtures import GatewayProcessFactory
 from prometheus_client.parser import text_string_to_metric_families

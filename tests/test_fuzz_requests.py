@@ -15,8 +15,8 @@ import pytest
 import raw_grpc as raw
 from cde.v1 import embedding_service_pb2 as pb
 from cde.v1 import embedding_service_pb2_grpc as pb_grpc
-from cde_server.names import NAME_PATTERN
-from cde_server.pagination import encode_page_token
+from cde_server.domain.names import NAME_PATTERN
+from cde_server.domain.pagination import encode_page_token
 from gateway_fixtures import GatewayThread, gateway_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, event, given, settings

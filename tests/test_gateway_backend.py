@@ -1,4 +1,4 @@
-"""TritonBackend against the session's Triton: both embed paths, the cache-miss protocol."""
+"""TritonEndpoint against the session's Triton: both embed paths, the cache-miss protocol."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import uuid
 import numpy as np
 import numpy.typing as npt
 import pytest
-from cde_server import triton_protocol
-from cde_server.errors import BackendUnavailableError
-from cde_server.triton_backend import ContextRef, TritonBackend
+from cde_server.errors import InferenceUnavailableError
+from cde_server.inference.interface import ContextRef, NullObserver
+from cde_server.inference.triton_endpoint import TritonEndpoint
+from cde_server.triton import protocol as triton_protocol
 
 
-class Observer:
+class Observer(NullObserver):
     def __init__(self) -> None:
         self.hits = 0
         self.misses = 0
@@ -29,7 +30,7 @@ class Observer:
             self.misses += 1
 
 
-async def fresh_context(backend: TritonBackend) -> npt.NDArray[np.float32]:
+async def fresh_context(backend: TritonEndpoint) -> npt.NDArray[np.float32]:
     """Dataset embeddings no other test has sent to Triton."""
     info = await backend.model_info()
     tag = uuid.uuid4().hex
@@ -41,7 +42,7 @@ async def fresh_context(backend: TritonBackend) -> npt.NDArray[np.float32]:
 def test_cache_miss_protocol(triton_grpc_url: str, path: str) -> None:
     async def scenario() -> None:
         observer = Observer()
-        backend = TritonBackend(triton_grpc_url, embed_path=path, observer=observer)
+        backend = TritonEndpoint(triton_grpc_url, embed_path=path, observer=observer)
         try:
             assert await backend.ready()
             dataset = await fresh_context(backend)
@@ -71,8 +72,8 @@ def test_cache_miss_protocol(triton_grpc_url: str, path: str) -> None:
 
 def test_paths_agree(triton_grpc_url: str) -> None:
     async def scenario() -> None:
-        direct = TritonBackend(triton_grpc_url, embed_path="direct")
-        ensemble = TritonBackend(triton_grpc_url, embed_path="ensemble")
+        direct = TritonEndpoint(triton_grpc_url, embed_path="direct")
+        ensemble = TritonEndpoint(triton_grpc_url, embed_path="ensemble")
         try:
             dataset = await fresh_context(direct)
 
@@ -97,10 +98,10 @@ def test_paths_agree(triton_grpc_url: str) -> None:
 
 def test_unreachable_triton() -> None:
     async def scenario() -> None:
-        backend = TritonBackend("127.0.0.1:1", timeout_s=2.0)
+        backend = TritonEndpoint("127.0.0.1:1", timeout_s=2.0)
         try:
             assert not await backend.ready(1.0)
-            with pytest.raises(BackendUnavailableError):
+            with pytest.raises(InferenceUnavailableError):
                 await backend.model_info()
         finally:
             await backend.close()

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from cde.v1 import embedding_service_pb2 as pb
 from cde.v1 import embedding_service_pb2_grpc as pb_grpc
+from cde_server.gateway.wire import matrix_values
 from cde_server.stores import open_store
-from cde_server.wire import matrix_values
 from gateway_fixtures import GatewayThread
 
 DOCUMENTS = [f"document {i} about topic {i % 3}" for i in range(40)]

@@ -12,7 +12,7 @@ import numpy.typing as npt
 import pytest
 from cde.v1 import embedding_service_pb2 as pb
 from cde.v1 import embedding_service_pb2_grpc as pb_grpc
-from cde_server.wire import matrix_values
+from cde_server.gateway.wire import matrix_values
 from paths import TINY_CHECKPOINT as TINY
 
 DOC = "search_document: "

@@ -259,7 +259,7 @@ def serve_process(
         CDE_METRICS_PORT=str(free_port()),
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "cde_server.cli", "serve"],
+        [sys.executable, "-m", "cde_server.cli.main", "serve"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

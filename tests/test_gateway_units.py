@@ -10,10 +10,10 @@ import grpc
 import numpy as np
 import pytest
 from cde_server import errors
-from cde_server.request_log import JsonFormatter, current_request_id, request_id_from
-from cde_server.settings import GatewaySettings
-from cde_server.status import ERROR_TABLE, error_table_markdown, status_of
-from cde_server.wire import matrix, matrix_values
+from cde_server.gateway.request_log import JsonFormatter, current_request_id, request_id_from
+from cde_server.gateway.settings import GatewaySettings
+from cde_server.gateway.status import ERROR_TABLE, error_table_markdown, status_of
+from cde_server.gateway.wire import matrix, matrix_values
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,7 +76,7 @@ def test_settings_refuse_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
         (errors.FailedPreconditionError("x"), grpc.StatusCode.FAILED_PRECONDITION),
         (errors.ResourceExhaustedError("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
         (errors.StoreUnavailableError("x"), grpc.StatusCode.UNAVAILABLE),
-        (errors.BackendUnavailableError("x"), grpc.StatusCode.UNAVAILABLE),
+        (errors.InferenceUnavailableError("x"), grpc.StatusCode.UNAVAILABLE),
         (errors.DeadlineExceededError("x"), grpc.StatusCode.DEADLINE_EXCEEDED),
         (errors.InternalError("x"), grpc.StatusCode.INTERNAL),
         (asyncio.CancelledError(), grpc.StatusCode.CANCELLED),

@@ -13,7 +13,7 @@ import pytest
 import torch
 from cde_model import EmbeddingModel, load_model
 from cde_model.random_checkpoint import write_random_checkpoint
-from cde_server.cli import main
+from cde_server.cli.main import main
 
 
 @pytest.fixture(scope="module")

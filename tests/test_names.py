@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from cde_server.errors import InvalidArgumentError
-from cde_server.names import (
+from cde_server.domain.names import (
     is_valid_name,
     validate_context_set_name,
     validate_name,
     validate_prompt_name,
 )
+from cde_server.errors import InvalidArgumentError
 
 VALID = ["a", "Z", "0", "abc", "A.b_c-d", "9lives", "x" * 64, "v1.2.3", "a..b", "a-"]
 INVALID = [

@@ -8,7 +8,7 @@ import sys
 
 def test_cde_help_lists_commands() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "cde_server.cli", "--help"],
+        [sys.executable, "-m", "cde_server.cli.main", "--help"],
         capture_output=True,
         text=True,
         check=True,

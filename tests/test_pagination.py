@@ -5,14 +5,14 @@ from __future__ import annotations
 import base64
 
 import pytest
-from cde_server.errors import InvalidArgumentError
-from cde_server.pagination import (
+from cde_server.domain.pagination import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
     decode_page_token,
     encode_page_token,
     page_size,
 )
+from cde_server.errors import InvalidArgumentError
 
 
 def test_page_size_rules() -> None:

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
+from cde_server.domain.prompts import BUILTIN_PROMPTS, DEFAULT_PROMPT, Prompt, PromptRegistry
 from cde_server.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
-from cde_server.prompts import BUILTIN_PROMPTS, DEFAULT_PROMPT, Prompt, PromptRegistry
 from cde_server.stores import Store, open_store
 
 BUILTINS = ["query", "document", "classification", "clustering"]

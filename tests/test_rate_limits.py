@@ -11,9 +11,9 @@ import pytest
 from cde.v1 import embedding_service_pb2 as pb
 from cde.v1 import embedding_service_pb2_grpc as pb_grpc
 from cde_client import CdeClient, ResourceExhausted
-from cde_server.auth import generate_key, hash_key, key_entry_toml
 from cde_server.errors import ResourceExhaustedError
-from cde_server.limits import Limits, TenantLimiter
+from cde_server.gateway.auth import generate_key, hash_key, key_entry_toml
+from cde_server.gateway.limits import Limits, TenantLimiter
 from gateway_fixtures import GatewayFactory, GatewayThread
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-from cde_server.cli import main
+from cde_server.cli.main import main
 
 if TYPE_CHECKING:
     from gateway_fixtures import GatewayFactory

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from cde_client import AlreadyExists, CdeClient, CdeError, ContextSet, NotFound, Unavailable
-from cde_server.launcher import TritonProcess
+from cde_server.triton.launcher import TritonProcess
 from process_fixtures import GatewayProcess, GatewayProcessFactory
 from store_fixtures import RedisServer, free_port, unique_prefix
 from triton_fixtures import tiny_triton_settings

@@ -18,8 +18,8 @@ from cde_client import (
     Unauthenticated,
     Unavailable,
 )
-from cde_server.app import Gateway
-from cde_server.auth import KeysFileError, generate_key, hash_key, key_entry_toml
+from cde_server.gateway.app import Gateway
+from cde_server.gateway.auth import KeysFileError, generate_key, hash_key, key_entry_toml
 from gateway_fixtures import GatewayFactory, GatewayThread
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc

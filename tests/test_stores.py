@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+from cde_server.domain.pagination import list_page
 from cde_server.errors import AlreadyExistsError, NotFoundError, StoreUnavailableError
-from cde_server.pagination import list_page
 from cde_server.stores import Store, StoredContextSet, open_store, sqlite_path
-from cde_server.triton_protocol import context_id
+from cde_server.triton.protocol import context_id
 from store_fixtures import RedisServer, unique_prefix
 
 T = TypeVar("T")

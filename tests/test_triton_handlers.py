@@ -12,18 +12,18 @@ import numpy.typing as npt
 import pytest
 import torch
 from cde_model import EmbeddingModel, load_model
-from cde_server import triton_protocol as tp
-from cde_server.triton_models.backend import (
+from cde_server.triton import protocol as tp
+from cde_server.triton.handlers.adapter import (
     RequestError,
     TritonAdapter,
     expand_parameter,
     model_parameters,
 )
-from cde_server.triton_models.context_cache import ContextCache
-from cde_server.triton_models.first_stage_model import FirstStageHandler
-from cde_server.triton_models.heap import HeapTrimmer
-from cde_server.triton_models.second_stage_model import SecondStageHandler
-from cde_server.triton_models.tokenize_model import TokenizeHandler
+from cde_server.triton.handlers.context_cache import ContextCache
+from cde_server.triton.handlers.first_stage import FirstStageHandler
+from cde_server.triton.handlers.heap import HeapTrimmer
+from cde_server.triton.handlers.second_stage import SecondStageHandler
+from cde_server.triton.handlers.tokenize import TokenizeHandler
 from paths import TINY_CHECKPOINT as TINY
 
 Array = npt.NDArray[Any]

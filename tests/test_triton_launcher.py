@@ -14,9 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
-from cde_server.cli import main as cde_main
-from cde_server.launcher import SHM_DIR, TritonProcess, TritonStartError, process_group_members
-from cde_server.triton_env import TritonSetupError
+from cde_server.cli.main import main as cde_main
+from cde_server.triton.environment import TritonSetupError
+from cde_server.triton.launcher import (
+    SHM_DIR,
+    TritonProcess,
+    TritonStartError,
+    process_group_members,
+)
 from triton_fixtures import TINY_CHECKPOINT, free_ports, tiny_triton_settings
 
 
@@ -72,7 +77,7 @@ def test_cli_stops_on_sigterm_without_leftovers(tmp_path: Path) -> None:
     grpc_port, http_port, metrics_port = free_ports(3)
     env = dict(os.environ, CDE_TRITON_CACHE_DIR=str(tmp_path), CDE_TRITON_EXIT_TIMEOUT_S="5")
     command = [
-        sys.executable, "-m", "cde_server.cli", "triton",
+        sys.executable, "-m", "cde_server.cli.main", "triton",
         "--model", str(TINY_CHECKPOINT), "--device", "cpu",
         "--grpc-port", str(grpc_port), "--http-port", str(http_port),
         "--metrics-port", str(metrics_port),

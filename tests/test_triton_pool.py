@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 from cde_model.random_checkpoint import write_random_checkpoint
-from cde_server.errors import BackendUnavailableError
-from cde_server.launcher import TritonProcess
-from cde_server.triton_pool import TritonPool
+from cde_server.errors import InferenceUnavailableError
+from cde_server.inference.pool import TritonPool
+from cde_server.triton.launcher import TritonProcess
 from store_fixtures import free_port
 from triton_fixtures import tiny_triton_settings
 
@@ -112,11 +112,11 @@ def test_no_endpoint_up_fails_fast() -> None:
     async def scenario() -> None:
         pool = TritonPool(dead, timeout_s=30.0)
         try:
-            with pytest.raises(BackendUnavailableError, match="inference server unavailable"):
+            with pytest.raises(InferenceUnavailableError, match="inference server unavailable"):
                 await pool.model_info()  # both tried, both marked down
             assert pool.up_urls == []
             started = time.monotonic()
-            with pytest.raises(BackendUnavailableError, match="no inference server is available"):
+            with pytest.raises(InferenceUnavailableError, match="no inference server is available"):
                 await pool.embed_context(["a document"])
             assert time.monotonic() - started < 0.1
             assert not await pool.ready(1.0)

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import tritonclient.grpc as grpcclient
-from cde_server import triton_protocol as tp
+from cde_server.triton import protocol as tp
 from paths import GOLDEN_JSON
 from tritonclient.utils import InferenceServerException
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from cde_client import CdeClient, HealthStatus
-from cde_server.launcher import TritonProcess, TritonStartError
-from cde_server.triton_backend import TritonTls
-from cde_server.triton_pool import TritonPool
+from cde_server.inference.pool import TritonPool
+from cde_server.inference.triton_endpoint import TritonTls
+from cde_server.triton.launcher import TritonProcess, TritonStartError
 from gateway_fixtures import GatewayFactory
 from tls_certs import Pem, self_signed
 from triton_fixtures import tiny_triton_settings

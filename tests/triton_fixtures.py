@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cde_server.launcher import TritonProcess, free_ports
-from cde_server.triton_settings import TritonSettings
+from cde_server.triton.launcher import TritonProcess, free_ports
+from cde_server.triton.settings import TritonSettings
 
 __all__ = ["TINY_CHECKPOINT", "free_ports", "tiny_triton_settings"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 
-class CdeError(Exception):
+class ServiceError(Exception):
     """Base of all domain errors."""
 
     code: ClassVar[str] = "INTERNAL"
@@ -20,43 +20,43 @@ class CdeError(Exception):
         self.message = message
 
 
-class InvalidArgumentError(CdeError):
+class InvalidArgumentError(ServiceError):
     """The request is invalid whatever the server's state (bad name, limit exceeded, ...)."""
 
     code = "INVALID_ARGUMENT"
 
 
-class NotFoundError(CdeError):
+class NotFoundError(ServiceError):
     """A named context set or prompt does not exist."""
 
     code = "NOT_FOUND"
 
 
-class AlreadyExistsError(CdeError):
+class AlreadyExistsError(ServiceError):
     """A context set of that name exists and replace was not requested."""
 
     code = "ALREADY_EXISTS"
 
 
-class UnauthenticatedError(CdeError):
+class UnauthenticatedError(ServiceError):
     """No API key, or one the server does not know."""
 
     code = "UNAUTHENTICATED"
 
 
-class PermissionDeniedError(CdeError):
+class PermissionDeniedError(ServiceError):
     """The caller's API key may not do this (e.g. list every tenant's sets without admin)."""
 
     code = "PERMISSION_DENIED"
 
 
-class FailedPreconditionError(CdeError):
+class FailedPreconditionError(ServiceError):
     """The system is not in the state the request needs (e.g. set built with another model)."""
 
     code = "FAILED_PRECONDITION"
 
 
-class ResourceExhaustedError(CdeError):
+class ResourceExhaustedError(ServiceError):
     """A quota or capacity limit was hit; `retry_after` (seconds) is a hint when known."""
 
     code = "RESOURCE_EXHAUSTED"
@@ -66,7 +66,7 @@ class ResourceExhaustedError(CdeError):
         self.retry_after = retry_after
 
 
-class UnavailableError(CdeError):
+class UnavailableError(ServiceError):
     """A dependency is unreachable; the request may be retried later."""
 
     code = "UNAVAILABLE"
@@ -76,17 +76,17 @@ class StoreUnavailableError(UnavailableError):
     """The context-set/prompt store (SQLite file or Redis) cannot be used right now."""
 
 
-class BackendUnavailableError(UnavailableError):
+class InferenceUnavailableError(UnavailableError):
     """The inference backend (Triton) cannot be reached."""
 
 
-class DeadlineExceededError(CdeError):
+class DeadlineExceededError(ServiceError):
     """The work did not finish before its deadline."""
 
     code = "DEADLINE_EXCEEDED"
 
 
-class InternalError(CdeError):
+class InternalError(ServiceError):
     """A bug or an unexpected backend answer; details are logged, not returned."""
 
     code = "INTERNAL"

@@ -1,10 +1,10 @@
-"""cde_first_stage: thin wrapper around cde_server.triton_models.first_stage_model."""
+"""cde_first_stage: thin wrapper around cde_server.triton.handlers.first_stage."""
 
 from typing import Any
 
 import triton_python_backend_utils as pb_utils
-from cde_server.triton_models.backend import TritonAdapter, model_parameters, torch_device
-from cde_server.triton_models.first_stage_model import FirstStageHandler
+from cde_server.triton.handlers.adapter import TritonAdapter, model_parameters, torch_device
+from cde_server.triton.handlers.first_stage import FirstStageHandler
 
 
 class TritonPythonModel:

@@ -1,10 +1,10 @@
-"""cde_model_info: thin wrapper around cde_server.triton_models.model_info_model."""
+"""cde_model_info: thin wrapper around cde_server.triton.handlers.model_info."""
 
 from typing import Any
 
 import triton_python_backend_utils as pb_utils
-from cde_server.triton_models.backend import TritonAdapter, model_parameters
-from cde_server.triton_models.model_info_model import ModelInfoHandler
+from cde_server.triton.handlers.adapter import TritonAdapter, model_parameters
+from cde_server.triton.handlers.model_info import ModelInfoHandler
 
 
 class TritonPythonModel:

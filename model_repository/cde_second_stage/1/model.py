@@ -1,10 +1,10 @@
-"""cde_second_stage: thin wrapper around cde_server.triton_models.second_stage_model."""
+"""cde_second_stage: thin wrapper around cde_server.triton.handlers.second_stage."""
 
 from typing import Any
 
 import triton_python_backend_utils as pb_utils
-from cde_server.triton_models.backend import TritonAdapter, model_parameters, torch_device
-from cde_server.triton_models.second_stage_model import SecondStageHandler
+from cde_server.triton.handlers.adapter import TritonAdapter, model_parameters, torch_device
+from cde_server.triton.handlers.second_stage import SecondStageHandler
 
 
 class TritonPythonModel:

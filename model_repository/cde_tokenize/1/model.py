@@ -1,10 +1,10 @@
-"""cde_tokenize: thin wrapper around cde_server.triton_models.tokenize_model."""
+"""cde_tokenize: thin wrapper around cde_server.triton.handlers.tokenize."""
 
 from typing import Any
 
 import triton_python_backend_utils as pb_utils
-from cde_server.triton_models.backend import TritonAdapter, model_parameters
-from cde_server.triton_models.tokenize_model import TokenizeHandler
+from cde_server.triton.handlers.adapter import TritonAdapter, model_parameters
+from cde_server.triton.handlers.tokenize import TokenizeHandler
 
 
 class TritonPythonModel:

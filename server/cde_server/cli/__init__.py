@@ -1,0 +1,1 @@
+"""The `cde` command line (`main`) and its sub-commands; each imports heavy modules lazily."""

@@ -1,0 +1,334 @@
+"""Every operation of the embedding service, independent of the transport that carries it.
+
+`EmbeddingService` validates requests and orchestrates prompts, context sets, the store and
+inference. Transports (the gRPC servicer in `grpc_service`) open a call scope (auth, rate
+limit, metrics, log), convert their messages to the arguments here and the results back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from cde_server.domain import context_sets, pagination
+from cde_server.domain.names import validate_context_set_name
+from cde_server.domain.prompts import Prompt, PromptRegistry
+from cde_server.domain.tenancy import TenantStore
+from cde_server.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+from cde_server.gateway.call_scope import ActiveCall
+from cde_server.gateway.limits import TenantLimiter
+from cde_server.gateway.metrics import GatewayMetrics
+from cde_server.gateway.settings import GatewaySettings
+from cde_server.inference.interface import ContextRef, Inference, ServedModelInfo
+from cde_server.inference.served_model import ServedModel
+from cde_server.stores.base import ContextSetSummary, Store
+
+FloatMatrix = npt.NDArray[np.float32]
+
+_NORM_FLOOR = 1e-12
+
+
+@dataclass(frozen=True)
+class EmbedInput:
+    """What an Embed call asks for ("" context set: the built-in default context)."""
+
+    texts: Sequence[str]
+    prompt: str = ""
+    context_set: str = ""
+    normalize: bool = True
+    truncate: bool = True
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """Embeddings of one Embed call, before conversion to the wire."""
+
+    vectors: FloatMatrix
+    model_id: str
+    context_set: str
+    context_revision: int
+    token_counts: Sequence[int]
+
+
+@dataclass(frozen=True)
+class ContextSetInput:
+    """The options of a CreateContextSet call (seed None: the default seed)."""
+
+    name: str
+    prompt: str = ""
+    replace: bool = False
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class ContextSetView:
+    """A context set as GetContextSet shows it (documents and embeddings on request)."""
+
+    summary: ContextSetSummary
+    model_fingerprint: str
+    documents: Sequence[str] = ()
+    embeddings: FloatMatrix | None = None
+
+
+@dataclass(frozen=True)
+class ContextSetPage:
+    """One page of ListContextSets."""
+
+    summaries: Sequence[ContextSetSummary]
+    next_page_token: str
+    model_fingerprint: str
+
+
+class EmbeddingService:
+    """The service's operations; each takes the `ActiveCall` its transport opened."""
+
+    def __init__(
+        self,
+        *,
+        settings: GatewaySettings,
+        inference: Inference,
+        store: Store,
+        model: ServedModel,
+        metrics: GatewayMetrics,
+        limiter: TenantLimiter,
+    ) -> None:
+        self.settings = settings
+        self._inference = inference
+        self._store = store
+        self._model = model
+        self._metrics = metrics
+        self._limiter = limiter
+        self._open_streams = 0
+
+    def _store_of(self, call: ActiveCall) -> TenantStore:
+        """The store as the call's tenant sees it (its own context sets and prompts)."""
+        return TenantStore(self._store, call.tenant)
+
+    def _prompts_of(self, call: ActiveCall) -> PromptRegistry:
+        """Built-in prompts and the call's tenant's custom prompts."""
+        return PromptRegistry(self._store_of(call))
+
+    # --- embedding ------------------------------------------------------------------------
+    async def embed(self, call: ActiveCall, request: EmbedInput) -> EmbedResult:
+        """Validate, resolve prompt and context, run the second stage, normalize."""
+        timeout_s = call.timeout_s()
+        texts = self._checked_texts(request.texts)
+        prompt = await self._prompts_of(call).resolve(request.prompt)
+        info = await self._model.info()
+        context, revision = await self._context(
+            request.context_set, info.fingerprint, self._store_of(call)
+        )
+        encoded = await self._inference.embed(
+            [prompt.apply(text) for text in texts],
+            context,
+            max_tokens=info.max_tokens,
+            allow_truncation=request.truncate,
+            timeout_s=timeout_s,
+        )
+        self._metrics.embedded("second", len(texts), int(encoded.token_counts.sum()))
+        vectors = encoded.vectors
+        if request.normalize:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.maximum(norms, _NORM_FLOOR)
+        return EmbedResult(
+            vectors=vectors.astype(np.float32, copy=False),
+            model_id=info.fingerprint,
+            context_set=request.context_set,
+            context_revision=revision,
+            token_counts=[int(count) for count in encoded.token_counts],
+        )
+
+    def _checked_texts(self, texts: Sequence[str]) -> Sequence[str]:
+        limit = self.settings.max_texts_per_request
+        if not texts:
+            raise InvalidArgumentError(f"texts is empty; send 1 to {limit} texts")
+        if len(texts) > limit:
+            raise InvalidArgumentError(f"{len(texts)} texts in one request; the limit is {limit}")
+        max_bytes = self.settings.max_text_bytes
+        for index, text in enumerate(texts):
+            if len(text) * 4 > max_bytes and (size := len(text.encode("utf-8"))) > max_bytes:
+                raise InvalidArgumentError(
+                    f"text {index} is {size} bytes; the limit is {max_bytes}"
+                )
+        return texts
+
+    async def _context(
+        self, name: str, fingerprint: str, store: TenantStore
+    ) -> tuple[ContextRef, int]:
+        """The context to embed with and its revision ("" → the built-in default, revision 0)."""
+        if not name:
+            default, _ = await self._model.default_context()
+            return default, 0
+        validate_context_set_name(name)
+        summary = await store.get_summary(name)
+        context_sets.require_compatible(summary, fingerprint)
+
+        async def load() -> FloatMatrix:
+            stored = await store.get_context_set(name)
+            if stored.context_id != summary.context_id:
+                raise UnavailableError(
+                    f'context set "{name}" was replaced during the request; retry'
+                )
+            return stored.embeddings
+
+        return ContextRef(summary.context_id, load), summary.revision
+
+    # --- context sets -------------------------------------------------------------------------
+    async def create_context_set(
+        self,
+        call: ActiveCall,
+        options: ContextSetInput,
+        document_batches: AsyncIterator[Sequence[str]],
+    ) -> ContextSetView:
+        """Collect the documents, sample N, embed them with stage 1, store the set."""
+        store = self._store_of(call)
+        name = validate_context_set_name(options.name)
+        prompt = await self._prompts_of(call).resolve(options.prompt)
+        if not options.replace:
+            await self._refuse_existing(name, store)
+        collector = context_sets.DocumentCollector(
+            max_documents=self.settings.max_context_documents,
+            max_document_bytes=self.settings.max_text_bytes,
+            max_total_bytes=self.settings.max_context_bytes,
+        )
+        async for batch in document_batches:
+            collector.add(batch)
+        if not collector.documents:
+            raise InvalidArgumentError("no context documents were sent; send at least 1")
+        info = await self._model.info()
+        seed = context_sets.DEFAULT_SEED if options.seed is None else options.seed
+        documents, sampling = context_sets.sample_documents(
+            collector.documents, info.corpus_size, seed
+        )
+        embeddings = await self._embed_documents([prompt.apply(d) for d in documents])
+        record = context_sets.build_context_set(
+            name=name,
+            prompt=prompt.name,
+            documents=documents,
+            embeddings=embeddings,
+            source_document_count=len(collector.documents),
+            sampling=sampling,
+            model_fingerprint=info.fingerprint,
+        )
+        stored = await store.create_context_set(record, replace=options.replace)
+        return ContextSetView(stored.summary(), info.fingerprint)
+
+    @staticmethod
+    async def _refuse_existing(name: str, store: TenantStore) -> None:
+        """Fail fast, before the documents are sent (the store still decides atomically)."""
+        with contextlib.suppress(NotFoundError):
+            await store.get_summary(name)
+            raise AlreadyExistsError(
+                f'context set "{name}" already exists; use replace to rebuild it'
+            )
+
+    async def _embed_documents(self, documents: Sequence[str]) -> FloatMatrix:
+        """Stage-1 embeddings, each distinct document computed once (oversampling repeats)."""
+        unique = list(dict.fromkeys(documents))
+        encoded = await self._inference.embed_context(unique)
+        self._metrics.embedded("first", len(unique), int(encoded.token_counts.sum()))
+        row_of = {document: row for row, document in enumerate(unique)}
+        return encoded.vectors[[row_of[document] for document in documents]]
+
+    async def get_context_set(
+        self,
+        call: ActiveCall,
+        name: str,
+        *,
+        include_documents: bool = False,
+        include_embeddings: bool = False,
+    ) -> ContextSetView:
+        """Metadata, and on request the documents and dataset embeddings."""
+        store = self._store_of(call)
+        name = validate_context_set_name(name)
+        fingerprint = (await self._model.info()).fingerprint
+        if not (include_documents or include_embeddings):
+            return ContextSetView(await store.get_summary(name), fingerprint)
+        stored = await store.get_context_set(name, with_documents=include_documents)
+        return ContextSetView(
+            stored.summary(),
+            fingerprint,
+            documents=stored.documents if include_documents else (),
+            embeddings=stored.embeddings if include_embeddings else None,
+        )
+
+    async def list_context_sets(
+        self, call: ActiveCall, *, page_size: int, page_token: str, all_tenants: bool = False
+    ) -> ContextSetPage:
+        """One page of the tenant's sets (with all_tenants, an admin's: everyone's) by name."""
+        store: Store = self._store_of(call)
+        if all_tenants:
+            if not call.admin:
+                self._metrics.rejections.labels("permission_denied").inc()
+                raise PermissionDeniedError("all_tenants needs an admin API key")
+            store = self._store  # names come back as "tenant/name"
+        summaries, next_token = await pagination.list_page(
+            store, requested_size=page_size, page_token=page_token
+        )
+        return ContextSetPage(summaries, next_token, await self._fingerprint_if_known())
+
+    async def delete_context_set(self, call: ActiveCall, name: str) -> None:
+        """Delete a set (NOT_FOUND if absent)."""
+        await self._store_of(call).delete_context_set(validate_context_set_name(name))
+
+    # --- prompts ------------------------------------------------------------------------------
+    async def list_prompts(self, call: ActiveCall) -> list[Prompt]:
+        """Built-ins, then custom prompts by name."""
+        return await self._prompts_of(call).list()
+
+    async def put_prompt(self, call: ActiveCall, name: str, text: str) -> Prompt:
+        """Create or replace a custom prompt."""
+        return await self._prompts_of(call).put(name, text)
+
+    async def delete_prompt(self, call: ActiveCall, name: str) -> None:
+        """Delete a custom prompt."""
+        await self._prompts_of(call).delete(name)
+
+    # --- model --------------------------------------------------------------------------------
+    async def model_info(self) -> ServedModelInfo:
+        """The served model (limits are in `settings`)."""
+        return await self._model.info()
+
+    async def _fingerprint_if_known(self) -> str:
+        """The served model's fingerprint; "" when Triton cannot say (listing still works)."""
+        try:
+            return (await self._model.info()).fingerprint
+        except UnavailableError:
+            cached = self._model.cached_info
+            return cached.fingerprint if cached is not None else ""
+
+    # --- streaming calls ----------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def stream_slot(self, call: ActiveCall) -> AsyncIterator[None]:
+        """Count a streaming call against max_concurrent_streams and its tenant's limit
+        (RESOURCE_EXHAUSTED beyond either)."""
+        limit = self.settings.max_concurrent_streams
+        if self._open_streams >= limit:
+            self._metrics.rejections.labels("streams").inc()
+            raise ResourceExhaustedError(
+                f"{limit} streams are open (the limit); retry later", retry_after=1.0
+            )
+        try:
+            self._limiter.acquire_stream(call.tenant)
+        except ResourceExhaustedError:
+            self._metrics.rejections.labels("tenant_streams").inc()
+            raise
+        self._open_streams += 1
+        self._metrics.open_streams.inc()
+        try:
+            yield
+        finally:
+            self._limiter.release_stream(call.tenant)
+            self._open_streams -= 1
+            self._metrics.open_streams.dec()

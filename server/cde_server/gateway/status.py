@@ -1,0 +1,126 @@
+"""The one mapping from domain errors to gRPC status codes, and the documented error table.
+
+`ERROR_TABLE` is the source of the README's error table (`error_table_markdown()`); the
+gateway tests check every row against a running server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+
+from cde_server.errors import InternalError, ServiceError
+
+logger = logging.getLogger("cde_server.gateway.status")
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """gRPC status code and client-facing message for an exception raised while serving."""
+    if isinstance(exc, ServiceError):
+        if isinstance(exc, InternalError):
+            return grpc.StatusCode.INTERNAL, f"internal error: {exc.message}"
+        return grpc.StatusCode[exc.code], exc.message
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED, "the call was cancelled"
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
+    logger.error("unexpected error: %s", exc, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal error (see the gateway log for this request id)"
+
+
+@dataclass(frozen=True)
+class ErrorCase:
+    """One documented failure: what the caller did, the status, an example message."""
+
+    case: str
+    code: grpc.StatusCode
+    message: str
+
+
+ERROR_TABLE: tuple[ErrorCase, ...] = (
+    ErrorCase("Request bytes that do not parse (a text field not UTF-8, truncated or not "
+              "protobuf), in any RPC or stream message", grpc.StatusCode.INVALID_ARGUMENT,
+              "the request is not a valid cde.v1.EmbedRequest message: Error parsing message "
+              "... (text fields must be UTF-8; ...)"),
+    ErrorCase("Embed with no texts", grpc.StatusCode.INVALID_ARGUMENT,
+              "texts is empty; send 1 to 256 texts"),
+    ErrorCase("More texts than CDE_MAX_TEXTS_PER_REQUEST", grpc.StatusCode.INVALID_ARGUMENT,
+              "300 texts in one request; the limit is 256"),
+    ErrorCase("A text larger than CDE_MAX_TEXT_BYTES", grpc.StatusCode.INVALID_ARGUMENT,
+              "text 3 is 70000 bytes; the limit is 65536"),
+    ErrorCase("truncate=false and a text that does not fit in max_tokens",
+              grpc.StatusCode.INVALID_ARGUMENT,
+              "1 text(s) do not fit in the model's 512 tokens (indices 0) and truncate is false"),
+    ErrorCase("Invalid context set or prompt name", grpc.StatusCode.INVALID_ARGUMENT,
+              "invalid context set name 'a b': use 1 to 64 characters of letters, digits, ..."),
+    ErrorCase("Unknown prompt", grpc.StatusCode.NOT_FOUND,
+              'prompt "legal" not found; built-in prompts are query, document, ...'),
+    ErrorCase("Unknown context set (Embed, Get, Delete)", grpc.StatusCode.NOT_FOUND,
+              'context set "docs" not found'),
+    ErrorCase("Context set built with another model", grpc.StatusCode.FAILED_PRECONDITION,
+              'context set "docs" was built with model 3f2a9c..., but this server runs model '
+              "9c1e07...; rebuild it with replace"),
+    ErrorCase("CreateContextSet: empty stream", grpc.StatusCode.INVALID_ARGUMENT,
+              "the stream is empty; send options first"),
+    ErrorCase("CreateContextSet: first message is not options", grpc.StatusCode.INVALID_ARGUMENT,
+              "the first message must carry options"),
+    ErrorCase("CreateContextSet: options sent twice", grpc.StatusCode.INVALID_ARGUMENT,
+              "options may only be sent once, in the first message"),
+    ErrorCase("CreateContextSet: no documents", grpc.StatusCode.INVALID_ARGUMENT,
+              "no context documents were sent; send at least 1"),
+    ErrorCase("CreateContextSet: more than CDE_MAX_CONTEXT_DOCUMENTS",
+              grpc.StatusCode.INVALID_ARGUMENT,
+              "more than 16384 context documents were sent (the limit); send a sample ..."),
+    ErrorCase("CreateContextSet: documents over CDE_MAX_CONTEXT_BYTES in total",
+              grpc.StatusCode.INVALID_ARGUMENT,
+              "the context documents exceed the limit of 67108864 bytes in total at document "
+              "9000; ..."),
+    ErrorCase("CreateContextSet: name exists and replace is false",
+              grpc.StatusCode.ALREADY_EXISTS,
+              'context set "docs" already exists; use replace to rebuild it'),
+    ErrorCase("PutPrompt/DeletePrompt on a built-in prompt", grpc.StatusCode.INVALID_ARGUMENT,
+              'prompt "query" is built in and cannot be changed; use another name'),
+    ErrorCase("Prompt text over 1024 bytes", grpc.StatusCode.INVALID_ARGUMENT,
+              'prompt "p" text is 2000 bytes; the limit is 1024'),
+    ErrorCase("More than 1000 custom prompts", grpc.StatusCode.RESOURCE_EXHAUSTED,
+              "there are already 1000 custom prompts (the limit); delete one first"),
+    ErrorCase("Bad page_token", grpc.StatusCode.INVALID_ARGUMENT,
+              "invalid page_token; pass the next_page_token of a listing"),
+    ErrorCase("Message larger than CDE_MAX_MESSAGE_BYTES", grpc.StatusCode.RESOURCE_EXHAUSTED,
+              "Received message larger than max (...)"),
+    ErrorCase("More than CDE_MAX_CONCURRENT_STREAMS open streams",
+              grpc.StatusCode.RESOURCE_EXHAUSTED, "64 streams are open (the limit); retry later"),
+    ErrorCase("No API key, or an unknown one (auth on)", grpc.StatusCode.UNAUTHENTICATED,
+              "missing API key; send 'authorization: Bearer <API key>'"),
+    ErrorCase("ListContextSets all_tenants without an admin key",
+              grpc.StatusCode.PERMISSION_DENIED, "all_tenants needs an admin API key"),
+    ErrorCase("A tenant over CDE_RATE_LIMIT_RPS (retry-after trailer)",
+              grpc.StatusCode.RESOURCE_EXHAUSTED,
+              'tenant "acme" is over the rate limit of 5 calls/s (burst 10); retry in 0.20 s'),
+    ErrorCase("A tenant over CDE_MAX_STREAMS_PER_TENANT open streams",
+              grpc.StatusCode.RESOURCE_EXHAUSTED,
+              'tenant "acme" has 4 streams open (its limit); retry later'),
+    ErrorCase("No Triton endpoint reachable and ready", grpc.StatusCode.UNAVAILABLE,
+              "no inference server is available (127.0.0.1:8001 (down), 127.0.0.1:8011 (down))"),
+    ErrorCase("Store (SQLite/Redis) unreachable", grpc.StatusCode.UNAVAILABLE,
+              "Redis store redis://127.0.0.1:6379/0 unavailable: ..."),
+    ErrorCase("Context set replaced while a request needed its embeddings",
+              grpc.StatusCode.UNAVAILABLE,
+              'context set "docs" was replaced during the request; retry'),
+    ErrorCase("Caller's deadline passed while waiting for the model",
+              grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for the model"),
+    ErrorCase("Unexpected server or model failure", grpc.StatusCode.INTERNAL,
+              "internal error: inference failed (cde_second_stage, INTERNAL)"),
+)  # fmt: skip
+
+
+def error_table_markdown() -> str:
+    """The error table as Markdown, for the README."""
+    lines = ["| Case | Status | Example message |", "| --- | --- | --- |"]
+    for row in ERROR_TABLE:
+        message = row.message.replace("|", "\\|")
+        lines.append(f"| {row.case} | `{row.code.name}` | {message} |")
+    return "\n".join(lines)

@@ -1,0 +1,119 @@
+"""The direct path: `cde_tokenize`, then `cde_first_stage` or `cde_second_stage`.
+
+No ensemble overhead, truncation is checked before the expensive stage, and a cache-miss
+retry does not tokenize again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import numpy as np
+
+from cde_server.inference.cache_miss import ContextPrimer
+from cde_server.inference.deadlines import Deadline
+from cde_server.inference.interface import ContextRef, Encoded, FloatMatrix
+from cde_server.inference.tensors import (
+    Infer,
+    TokenizedTexts,
+    chunk_starts,
+    context_inputs,
+    counts_and_truncation,
+    float_output,
+    output,
+    refuse_truncated,
+    text_input,
+    token_inputs,
+)
+from cde_server.triton import protocol as tp
+
+
+class DirectPath:
+    """Embeds through the tokenizer model and one stage model per chunk."""
+
+    embed_models = (tp.TOKENIZE_MODEL, tp.SECOND_STAGE_MODEL)
+    context_models = (tp.TOKENIZE_MODEL, tp.FIRST_STAGE_MODEL)
+
+    def __init__(self, infer: Infer, primer: ContextPrimer) -> None:
+        self._infer = infer
+        self._primer = primer
+
+    async def tokenize(self, texts: Sequence[str], deadline: Deadline) -> TokenizedTexts:
+        """Token ids of `texts`, chunk by chunk."""
+        parts = await asyncio.gather(
+            *(self._tokenize_chunk(texts[s : s + tp.MAX_BATCH_ROWS], deadline)
+              for s in chunk_starts(len(texts)))
+        )  # fmt: skip
+        return TokenizedTexts.concat(list(parts))
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        context: ContextRef,
+        deadline: Deadline,
+        *,
+        max_tokens: int,
+        allow_truncation: bool,
+    ) -> Encoded:
+        """Second-stage rows of `texts`; too long ones are refused before the stage runs."""
+        tokens = await self.tokenize(texts, deadline)
+        if not allow_truncation:
+            refuse_truncated(tokens.truncated, max_tokens)
+        chunks = await asyncio.gather(
+            *(self._second_stage_chunk(tokens, s, context, deadline)
+              for s in chunk_starts(tokens.rows))
+        )  # fmt: skip
+        return Encoded(np.concatenate(chunks), tokens.token_counts, tokens.truncated)
+
+    async def embed_context(self, documents: Sequence[str], deadline: Deadline) -> Encoded:
+        """First-stage rows of `documents`."""
+        tokens = await self.tokenize(documents, deadline)
+        chunks = await asyncio.gather(
+            *(self._first_stage_chunk(tokens, s, deadline) for s in chunk_starts(tokens.rows))
+        )
+        return Encoded(np.concatenate(chunks), tokens.token_counts, tokens.truncated)
+
+    async def _tokenize_chunk(self, texts: Sequence[str], deadline: Deadline) -> TokenizedTexts:
+        outputs = [tp.INPUT_IDS, tp.ATTENTION_MASK, tp.TOKEN_COUNT, tp.TRUNCATED]
+        result = await self._infer(
+            tp.TOKENIZE_MODEL, [text_input(list(texts))], outputs, deadline.remaining()
+        )
+        mask = output(result, tp.ATTENTION_MASK).astype(np.int64, copy=False)
+        width = max(int(mask.sum(axis=1).max()), 1)  # trim padding added for batch-mates
+        counts, truncated = counts_and_truncation(result)
+        return TokenizedTexts(
+            input_ids=output(result, tp.INPUT_IDS).astype(np.int64, copy=False)[:, :width],
+            attention_mask=mask[:, :width],
+            token_counts=counts,
+            truncated=truncated,
+        )
+
+    async def _first_stage_chunk(
+        self, tokens: TokenizedTexts, start: int, deadline: Deadline
+    ) -> FloatMatrix:
+        end = min(start + tp.MAX_BATCH_ROWS, tokens.rows)
+        result = await self._infer(
+            tp.FIRST_STAGE_MODEL,
+            token_inputs(tokens, start, end),
+            [tp.DATASET_EMBEDDING],
+            deadline.remaining(),
+        )
+        return float_output(result, tp.DATASET_EMBEDDING)
+
+    async def _second_stage_chunk(
+        self, tokens: TokenizedTexts, start: int, context: ContextRef, deadline: Deadline
+    ) -> FloatMatrix:
+        end = min(start + tp.MAX_BATCH_ROWS, tokens.rows)
+
+        async def run(first: int, last: int, dataset: FloatMatrix | None) -> FloatMatrix:
+            inputs = [
+                *token_inputs(tokens, first, last),
+                *context_inputs(context.context_id, last - first, dataset),
+            ]
+            result = await self._infer(
+                tp.SECOND_STAGE_MODEL, inputs, [tp.EMBEDDING], deadline.remaining()
+            )
+            return float_output(result, tp.EMBEDDING)
+
+        return await self._primer.run(start, end, context, run)

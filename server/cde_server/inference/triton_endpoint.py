@@ -1,0 +1,212 @@
+"""The gateway's async client of one Triton server (tritonclient.grpc.aio).
+
+`TritonEndpoint` owns the channel, turns Triton's failures into the gateway's errors and
+embeds through one of two paths, chosen by `embed_path`: `DirectPath` (`cde_tokenize`, then a
+stage model) or `EnsemblePath` (`cde_embed` / `cde_context`). Both use the cache-miss protocol
+of `cache_miss`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException
+
+from cde_server.errors import (
+    DeadlineExceededError,
+    InferenceUnavailableError,
+    InternalError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    ServiceError,
+)
+from cde_server.inference.cache_miss import ContextNotCached, ContextPrimer, load_once
+from cde_server.inference.deadlines import Deadline
+from cde_server.inference.direct_path import DirectPath
+from cde_server.inference.ensemble_path import EnsemblePath
+from cde_server.inference.interface import (
+    ContextRef,
+    Encoded,
+    InferenceObserver,
+    NullObserver,
+    ServedModelInfo,
+)
+from cde_server.triton import protocol as tp
+
+logger = logging.getLogger("cde_server.inference.triton_endpoint")
+
+
+@dataclass(frozen=True)
+class TritonTls:
+    """TLS to Triton's gRPC port: the root certificate to trust, optionally a client identity."""
+
+    root_certificate: Path
+    certificate_chain: Path | None = None
+    private_key: Path | None = None
+
+
+class TritonEndpoint:
+    """Embeds texts and context documents on one Triton server; maps its failures to errors."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 60.0,
+        embed_path: str = "direct",
+        observer: InferenceObserver | None = None,
+        tls: TritonTls | None = None,
+    ) -> None:
+        self.url = url
+        self._timeout_s = timeout_s
+        self._observer: InferenceObserver = observer if observer is not None else NullObserver()
+        self._client = triton_aio.InferenceServerClient(
+            url,
+            ssl=tls is not None,
+            root_certificates=_path(tls.root_certificate if tls else None),
+            private_key=_path(tls.private_key if tls else None),
+            certificate_chain=_path(tls.certificate_chain if tls else None),
+            # No keepalive pings: Triton answers pings more frequent than every 5 minutes
+            # with GOAWAY "too_many_pings", which kills calls in flight. Reconnect within
+            # about a second, so a restarted Triton is used again soon after it is back. A
+            # name resolving to several servers (a headless Service) is spread round robin.
+            channel_args=[
+                ("grpc.lb_policy_name", "round_robin"),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.initial_reconnect_backoff_ms", 250),
+                ("grpc.min_reconnect_backoff_ms", 250),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
+        )
+        primer = ContextPrimer(self._observer)
+        path = DirectPath if embed_path == "direct" else EnsemblePath
+        self._path: DirectPath | EnsemblePath = path(self._infer, primer)
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._client.close()
+
+    def describe(self) -> str:
+        """The endpoint's address, for logs."""
+        return self.url
+
+    # --- health and model information --------------------------------------------------
+    async def ready(self, timeout_s: float = 2.0) -> bool:
+        """Whether Triton answers and every model the gateway uses is ready."""
+        models = dict.fromkeys(
+            (*self._path.embed_models, *self._path.context_models, tp.MODEL_INFO_MODEL)
+        )
+        try:
+            if not await self._client.is_server_ready(client_timeout=timeout_s):
+                return False
+            for model in models:
+                if not await self._client.is_model_ready(model, client_timeout=timeout_s):
+                    return False
+        except InferenceServerException:
+            return False
+        return True
+
+    async def model_info(self, timeout_s: float | None = None) -> ServedModelInfo:
+        """The served model's name, fingerprint and sizes, from `cde_model_info`."""
+        request = InferInput(tp.REQUEST, [1], "BYTES")
+        request.set_data_from_numpy(np.array([b"info"], dtype=np.object_))
+        deadline = Deadline.within(timeout_s, self._timeout_s)
+        result = await self._infer(tp.MODEL_INFO_MODEL, [request], [tp.INFO], deadline.remaining())
+        raw = result.as_numpy(tp.INFO)
+        if raw is None or raw.size != 1:
+            raise InternalError("cde_model_info returned no INFO")
+        value = raw.reshape(-1)[0]
+        try:
+            return ServedModelInfo.from_json(
+                value if isinstance(value, bytes) else str(value).encode()
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InternalError(f"cde_model_info returned malformed INFO: {exc}") from exc
+
+    # --- embedding ------------------------------------------------------------------------
+    async def embed(
+        self,
+        texts: Sequence[str],
+        context: ContextRef,
+        *,
+        max_tokens: int,
+        allow_truncation: bool = True,
+        timeout_s: float | None = None,
+    ) -> Encoded:
+        """Second-stage embeddings of `texts` (prefixes already applied) under `context`."""
+        return await self._path.embed(
+            texts,
+            load_once(context),
+            Deadline.within(timeout_s, self._timeout_s),
+            max_tokens=max_tokens,
+            allow_truncation=allow_truncation,
+        )
+
+    async def embed_context(
+        self, documents: Sequence[str], *, timeout_s: float | None = None
+    ) -> Encoded:
+        """First-stage dataset embeddings of `documents` (prefixes already applied)."""
+        return await self._path.embed_context(
+            documents, Deadline.within(timeout_s, self._timeout_s)
+        )
+
+    # --- transport ----------------------------------------------------------------------------
+    async def _infer(
+        self, model: str, inputs: list[InferInput], outputs: list[str], timeout_s: float
+    ) -> Any:
+        """One inference call; Triton failures become ServiceError (or ContextNotCached)."""
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            return await self._client.infer(
+                model,
+                inputs,
+                outputs=[InferRequestedOutput(name) for name in outputs],
+                client_timeout=timeout_s,
+            )
+        except InferenceServerException as exc:
+            code = _status_name(exc)
+            message = str(exc.message() or "")
+            if code == "NOT_FOUND" and tp.is_context_not_cached(message):
+                code = "CONTEXT_NOT_CACHED"
+                raise ContextNotCached(message) from None
+            raise _inference_error(model, code, message) from None
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            self._observer.triton_call(model, time.perf_counter() - started, code)
+
+
+def _path(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _status_name(exc: InferenceServerException) -> str:
+    """The status name (UNAVAILABLE) of tritonclient's "StatusCode.UNAVAILABLE"."""
+    status = str(exc.status() or "UNKNOWN")
+    return status.rsplit(".", 1)[-1]
+
+
+def _inference_error(model: str, code: str, message: str) -> ServiceError:
+    """The gateway's error for a failed Triton call."""
+    if code in ("UNAVAILABLE", "CANCELLED") or (code == "NOT_FOUND" and "model" in message):
+        return InferenceUnavailableError(f"inference server unavailable ({model}): {message}")
+    if code == "DEADLINE_EXCEEDED":
+        return DeadlineExceededError(f"the model did not answer in time ({model})")
+    if code == "INVALID_ARGUMENT":
+        return InvalidArgumentError(f"the model rejected the input: {message}")
+    if code == "RESOURCE_EXHAUSTED":
+        return ResourceExhaustedError(f"the inference server is overloaded: {message}")
+    logger.error("triton %s failed with %s: %s", model, code, message)
+    return InternalError(f"inference failed ({model}, {code})")
