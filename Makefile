@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint proto bench bench-model bench-triton bench-gateway lint-deploy loadtest soak clean
+.PHONY: install run test test-fast lint proto bench bench-model bench-triton bench-gateway lint-deploy loadtest soak clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard proto/cde/v1/*.proto)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,10 +24,15 @@ run: install
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/pytest
 
+## The unit tests alone (no processes): well under a minute.
+test-fast: install
+	HF_HUB_OFFLINE=1 $(BIN)/pytest tests/unit
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/buf lint
 
 ## Regenerate the cde.v1 Python code after editing proto/ (every install does it too).
@@ -36,7 +41,7 @@ proto:
 
 ## Static checks of deploy/ (checkov + Kubernetes schemas, in their own .venv-deploy).
 lint-deploy: install
-	HF_HUB_OFFLINE=1 $(BIN)/pytest -q tests/test_deploy_static.py
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q tests/integration/test_deploy_static.py
 
 bench-model: install
 	HF_HUB_OFFLINE=1 $(BIN)/python loadtest/bench_model.py

@@ -5,29 +5,21 @@
 # Build from the repository root (uses deploy/gateway.Dockerfile.dockerignore with BuildKit):
 #   docker build -f deploy/gateway.Dockerfile -t cde-serve/gateway:0.1.0 .
 #
-# Torch: the `server` extra of pyproject.toml pins torch (and nvidia-pytriton), so the image
-# gets the CPU-only torch wheel first (about 0.75 GB instead of several GB of CUDA wheels).
-# The gateway itself does not run the model when CDE_TRITON_URL is set; once pyproject.toml
-# offers a torch-free extra for it, build with --build-arg PROJECT_EXTRAS=<that extra>
-# --build-arg TORCH_REQUIREMENT= to drop torch from the image.
+# The `gateway` extra of pyproject.toml holds what the gateway process imports: no torch, no
+# nvidia-pytriton (the model runs in the Triton image). CDE_TRITON_URL must be set.
 
 FROM python:3.11.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/cde/bin:$PATH
 RUN python -m venv /opt/cde
-ARG TORCH_REQUIREMENT="torch==2.13.0"
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-RUN if [ -n "$TORCH_REQUIREMENT" ]; then \
-        pip install --index-url "$TORCH_INDEX_URL" "$TORCH_REQUIREMENT"; \
-    fi
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY proto ./proto
 COPY client ./client
 COPY server ./server
 COPY model ./model
-ARG PROJECT_EXTRAS=server
+ARG PROJECT_EXTRAS=gateway
 # A plain (non-editable) install: setup.py generates the cde.v1 gRPC modules while building.
 RUN pip install ".[${PROJECT_EXTRAS}]" \
     && python -c "import cde.v1.embedding_service_pb2_grpc, cde_server.cli.main, grpc_health.v1.health_pb2"

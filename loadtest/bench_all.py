@@ -48,7 +48,7 @@ import bench_triton
 import corpus
 import numpy as np
 import numpy.typing as npt
-from run_loadtest import replace_section
+from results import replace_section
 
 LOADTEST = Path(__file__).resolve().parent
 REPO = LOADTEST.parent

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from typing import Any
 import bench_triton
 import numpy as np
 import numpy.typing as npt
+from results import replace_section
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "loadtest" / "RESULTS.md"
@@ -236,17 +236,6 @@ def decode_speed(rows: int, dim: int, repeats: int) -> tuple[float, float]:
     return timings[0], timings[1]
 
 
-def write_results(section: str) -> None:
-    """Replace (or append) the '## Gateway' section of RESULTS.md."""
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"^## Gateway\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text, encoding="utf-8")
-
-
 def machine_load() -> str:
     load1, _, _ = os.getloadavg()
     return f"{os.cpu_count()} cores, 1-min load average {load1:.1f}"
@@ -387,7 +376,7 @@ def main() -> int:
         "",
     ]
     if not args.no_write:
-        write_results("\n".join(lines))
+        replace_section(RESULTS, "## Gateway", "\n".join(lines))
     return 0
 
 

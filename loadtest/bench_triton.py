@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -35,8 +34,10 @@ import numpy as np
 import numpy.typing as npt
 import psutil
 from cde_server.triton import protocol as tp
+from results import replace_section
 
 REPO = Path(__file__).resolve().parents[1]
+
 RESULTS = REPO / "loadtest" / "RESULTS.md"
 TINY = REPO.parent / "shared" / "fixtures" / "cde-tiny"
 CONCURRENCIES = (1, 8, 32)
@@ -377,17 +378,6 @@ def section(
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) the '## Triton' section of RESULTS.md."""
-    current = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"^## Triton\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: text + "\n", current).rstrip("\n") + "\n"
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(updated, encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=REPO / ".cache" / "cde-full")
@@ -415,7 +405,7 @@ def main() -> int:
         "pair; the CPU ratio is the server-side efficiency.",
     ]
     if not args.no_write:
-        write_section(section(throughput_rows, overhead_rows, notes))
+        replace_section(RESULTS, "## Triton", section(throughput_rows, overhead_rows, notes))
     return 0
 
 

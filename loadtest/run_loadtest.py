@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import queue
-import re
 import signal
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from results import replace_section
 
 LOADTEST = Path(__file__).resolve().parent
 REPO = LOADTEST.parent
@@ -292,17 +293,6 @@ def verdict(rows: Sequence[StatsRow], p99_budget_ms: float) -> list[str]:
     if total.p99_ms > p99_budget_ms:
         problems.append(f"p99 {total.p99_ms:.0f} ms exceeds the budget of {p99_budget_ms:.0f} ms")
     return problems
-
-
-def replace_section(results: Path, heading: str, section: str) -> None:
-    """Replace the `heading` section of the markdown file `results` (or append it)."""
-    text = results.read_text(encoding="utf-8") if results.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    results.write_text(text, encoding="utf-8")
 
 
 def conclude(

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import torch
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+from cde_model.dtypes import DTYPES
+
+TORCH_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPES}
 
 # Positions per forward pass. On CPU larger passes gain nothing once the matmuls are big
 # enough to run at full speed and cost memory; a GPU wants more work per launch.
@@ -36,11 +34,11 @@ def resolve_device(device: str | None) -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """float32 | bfloat16 | float16 (GPU only) → torch dtype."""
-    if dtype not in DTYPES:
+    if dtype not in TORCH_DTYPES:
         raise ValueError(f"unsupported dtype {dtype!r} (use {', '.join(DTYPES)})")
     if dtype == "float16" and device.type != "cuda":
         raise ValueError("float16 needs a CUDA device; use float32 or bfloat16 on CPU")
-    return DTYPES[dtype]
+    return TORCH_DTYPES[dtype]
 
 
 def default_token_budget(device: torch.device) -> int:

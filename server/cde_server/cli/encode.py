@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cde_model.dtypes import DTYPES
+
 COMMAND = "encode"
-DTYPE_CHOICES = ("float32", "bfloat16")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -41,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--no-normalize", action="store_true", help="write raw instead of L2-normalized vectors"
     )
     parser.add_argument("--batch-size", type=int, default=64, help="texts per model call")
-    parser.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES)
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.set_defaults(func=run)
 
 

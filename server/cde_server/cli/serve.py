@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+from cde_model.dtypes import DTYPES
+
 if TYPE_CHECKING:
     from cde_server.gateway.app import Gateway
     from cde_server.gateway.settings import GatewaySettings
@@ -24,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         ),
     )
     parser.add_argument("--model", help='checkpoint directory or "demo" (CDE_MODEL, demo)')
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="(CDE_DTYPE)")
+    parser.add_argument("--dtype", choices=DTYPES, help="(CDE_DTYPE)")
     parser.add_argument("--host", help="listen address (CDE_HOST, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="gRPC port (CDE_PORT, 50051)")
     parser.add_argument("--store", help="sqlite:///path or redis://host:port/db (CDE_STORE)")
@@ -36,16 +38,20 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(func=run)
 
 
-class _StopRequested(BaseException):
-    """Raised by the SIGINT/SIGTERM handler while Triton starts."""
-
-
 def run(args: argparse.Namespace) -> int:
     """Start everything, serve until a signal; 0 on a clean stop."""
     import signal
 
     from pydantic import ValidationError
 
+    from cde_server.cli.lifecycle import (
+        EXIT_MISCONFIGURED,
+        EXIT_STOPPED,
+        StopRequested,
+        failure_status,
+        report,
+        stop_on_signals,
+    )
     from cde_server.gateway.auth import Authenticator, KeysFileError
     from cde_server.gateway.request_log import configure_logging
     from cde_server.gateway.settings import GatewaySettings
@@ -66,48 +72,37 @@ def run(args: argparse.Namespace) -> int:
         settings = GatewaySettings(**{k: v for k, v in overrides.items() if v is not None})
         triton_settings = TritonSettings(model=settings.model, dtype=settings.dtype)
     except ValidationError as exc:
-        print(f"cde serve: invalid settings:\n{exc}", file=sys.stderr)
-        return 2
+        report("serve", f"invalid settings:\n{exc}")
+        return EXIT_MISCONFIGURED
     configure_logging(settings.log_level)
     try:
         # bad keys stop `cde serve` before Triton starts
         Authenticator.from_file(settings.api_keys_file, settings.api_keys)
     except KeysFileError as exc:
-        print(f"cde serve: {exc}", file=sys.stderr)
-        return 2
-
-    def request_stop(signum: int, _frame: object) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise _StopRequested
+        report("serve", exc)
+        return EXIT_MISCONFIGURED
 
     triton: TritonProcess | None = None
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        if settings.triton_url is None:
-            print(f"cde serve: starting Triton (model {settings.model})", file=sys.stderr)
-            triton = TritonProcess(triton_settings, log=_triton_log)
-            triton.start()
-            settings = settings.model_copy(update={"triton_url": triton.grpc_url})
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)  # the event loop installs its own handlers
-        return _run_gateway(settings, triton)
-    except _StopRequested:
-        return 0
+        with stop_on_signals():
+            if settings.triton_url is None:
+                report("serve", f"starting Triton (model {settings.model})")
+                triton = TritonProcess(triton_settings, log=_triton_log)
+                triton.start()
+                settings = settings.model_copy(update={"triton_url": triton.grpc_url})
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_DFL)  # the event loop installs its own handlers
+            return _run_gateway(settings, triton)
+    except StopRequested:
+        return EXIT_STOPPED
     except KeyboardInterrupt:
         return 130
-    except TritonSetupError as exc:
-        print(f"cde serve: {exc}", file=sys.stderr)
-        return 2
-    except (TritonStartError, OSError) as exc:
-        print(f"cde serve: {exc}", file=sys.stderr)
-        return 1
+    except (TritonSetupError, TritonStartError, OSError) as exc:
+        return failure_status("serve", exc)
     finally:
         if triton is not None:
-            print("cde serve: stopping Triton", file=sys.stderr)
+            report("serve", "stopping Triton")
             triton.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _run_gateway(settings: GatewaySettings, triton: TritonProcess | None) -> int:

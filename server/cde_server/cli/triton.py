@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Any
+
+from cde_model.dtypes import DTYPES
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -20,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         ),
     )
     parser.add_argument("--model", help='checkpoint directory or "demo" (CDE_MODEL)')
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="(CDE_DTYPE)")
+    parser.add_argument("--dtype", choices=DTYPES, help="(CDE_DTYPE)")
     parser.add_argument(
         "--device", choices=["auto", "cpu", "gpu"], help="instance kind (CDE_TRITON_DEVICE)"
     )
@@ -41,16 +44,19 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(func=run)
 
 
-class _StopRequested(BaseException):
-    """Raised by the SIGINT/SIGTERM handler to unwind start-up or waiting."""
-
-
 def run(args: argparse.Namespace) -> int:
     """Start Triton, block until a signal or its exit; 0 on a clean stop."""
-    import signal
-
     from pydantic import ValidationError
 
+    from cde_server.cli.lifecycle import (
+        EXIT_FAILED,
+        EXIT_MISCONFIGURED,
+        EXIT_STOPPED,
+        StopRequested,
+        failure_status,
+        report,
+        stop_on_signals,
+    )
     from cde_server.triton.environment import TritonSetupError
     from cde_server.triton.launcher import TritonProcess, TritonStartError
     from cde_server.triton.settings import TritonSettings
@@ -71,37 +77,28 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = TritonSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        print(f"cde triton: invalid settings:\n{exc}", file=sys.stderr)
-        return 2
+        report("triton", f"invalid settings:\n{exc}")
+        return EXIT_MISCONFIGURED
 
-    def request_stop(signum: int, _frame: object) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # one stop; Triton has its own exit timeout
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print(f"cde triton: {signal.Signals(signum).name} received, stopping", file=sys.stderr)
-        raise _StopRequested
+    def announce(signum: signal.Signals) -> None:
+        report("triton", f"{signum.name} received, stopping")
 
     triton = TritonProcess(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        print(f"cde triton: starting (model {settings.model}, {triton.device})", file=sys.stderr)
-        triton.start()
-        print(
-            f"cde triton: ready: grpc {triton.grpc_url}, http {triton.http_url}, "
-            f"metrics {triton.metrics_url}",
-            file=sys.stderr,
-        )
-        status = triton.wait()
-        print(f"cde triton: tritonserver exited unexpectedly ({status})", file=sys.stderr)
-        return 1
-    except _StopRequested:
-        return 0
-    except TritonSetupError as exc:
-        print(f"cde triton: {exc}", file=sys.stderr)
-        return 2
-    except TritonStartError as exc:
-        print(f"cde triton: {exc}", file=sys.stderr)
-        return 1
+        with stop_on_signals(announce):
+            report("triton", f"starting (model {settings.model}, {triton.device})")
+            triton.start()
+            report(
+                "triton",
+                f"ready: grpc {triton.grpc_url}, http {triton.http_url}, "
+                f"metrics {triton.metrics_url}",
+            )
+            status = triton.wait()
+            report("triton", f"tritonserver exited unexpectedly ({status})")
+            return EXIT_FAILED
+    except StopRequested:
+        return EXIT_STOPPED
+    except (TritonSetupError, TritonStartError) as exc:
+        return failure_status("triton", exc)
     finally:
         triton.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

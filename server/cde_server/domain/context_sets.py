@@ -12,17 +12,13 @@ from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
-from cde_model.context import select_context
+from cde_model.context import DEFAULT_SEED, select_context
 
 from cde_server.domain.names import validate_context_set_name
 from cde_server.errors import FailedPreconditionError, InvalidArgumentError
 from cde_server.stores.base import ContextSetSummary, Sampling, StoredContextSet
 from cde_server.triton.protocol import context_id
 
-DEFAULT_SEED = 42
-DEFAULT_MAX_CONTEXT_DOCUMENTS = 100_000
-DEFAULT_MAX_DOCUMENT_BYTES = 64 * 1024
-DEFAULT_MAX_TOTAL_BYTES = 64 * 1024 * 1024
 _SHOWN_FINGERPRINT = 12
 
 
@@ -51,11 +47,12 @@ class DocumentCollector:
     def __init__(
         self,
         *,
-        max_documents: int = DEFAULT_MAX_CONTEXT_DOCUMENTS,
-        max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
-        max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
+        max_documents: int,
+        max_document_bytes: int,
+        max_total_bytes: int,
     ) -> None:
-        """Limits: documents per set, UTF-8 bytes per document and of all documents."""
+        """Limits (the gateway's settings): documents per set, UTF-8 bytes per document and of
+        all documents."""
         self.max_documents = max_documents
         self.max_document_bytes = max_document_bytes
         self.max_total_bytes = max_total_bytes

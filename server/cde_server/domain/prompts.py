@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from cde_model.prompts import PROMPTS
+
 from cde_server.domain.names import validate_prompt_name
 from cde_server.errors import (
     InvalidArgumentError,
@@ -20,14 +22,8 @@ from cde_server.errors import (
 )
 from cde_server.stores.base import Store
 
-BUILTIN_PROMPTS: Mapping[str, str] = MappingProxyType(
-    {
-        "query": "search_query: ",
-        "document": "search_document: ",
-        "classification": "classification: ",
-        "clustering": "clustering: ",
-    }
-)
+BUILTIN_PROMPTS: Mapping[str, str] = MappingProxyType(dict(PROMPTS))
+"""The model package's built-in prompts (the prefixes the model was trained with), read-only."""
 DEFAULT_PROMPT = "document"
 """The prompt used when a request names none (""): documents and context documents."""
 

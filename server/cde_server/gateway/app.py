@@ -32,7 +32,7 @@ from cde_server.gateway.settings import GatewaySettings
 from cde_server.inference.pool import TritonPool
 from cde_server.inference.served_model import ServedModel
 from cde_server.inference.triton_endpoint import TritonTls
-from cde_server.stores import Store, open_store
+from cde_server.stores import Store, open_store, redacted_url
 
 logger = logging.getLogger("cde_server.gateway.app")
 
@@ -132,7 +132,7 @@ class Gateway:
             "gateway listening on %s (Triton %s, store %s, %s)",
             self.address,
             self.inference.describe(),
-            _redacted(s.store),
+            redacted_url(s.store),
             "SERVING" if self._health.serving else "NOT_SERVING",
         )
         return self.port
@@ -190,11 +190,3 @@ def _triton_tls(settings: GatewaySettings) -> TritonTls | None:
     if settings.triton_tls_ca is None:
         return None
     return TritonTls(settings.triton_tls_ca, settings.triton_tls_cert, settings.triton_tls_key)
-
-
-def _redacted(url: str) -> str:
-    """The store URL without a password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from cde_model.context import DEFAULT_SEED
 
 from cde_server.domain import context_sets, pagination
 from cde_server.domain.names import validate_context_set_name
@@ -207,7 +208,7 @@ class EmbeddingService:
         if not collector.documents:
             raise InvalidArgumentError("no context documents were sent; send at least 1")
         info = await self._model.info()
-        seed = context_sets.DEFAULT_SEED if options.seed is None else options.seed
+        seed = DEFAULT_SEED if options.seed is None else options.seed
         documents, sampling = context_sets.sample_documents(
             collector.documents, info.corpus_size, seed
         )

@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from cde_model.dtypes import Dtype
 from pydantic import Field, FilePath, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Dtype = Literal["float32", "bfloat16", "float16"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 EmbedPath = Literal["ensemble", "direct"]
 

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 from cde_server.errors import StoreUnavailableError
 from cde_server.stores.base import SAMPLINGS, ContextSetSummary, Sampling, Store, StoredContextSet
 
@@ -19,10 +21,21 @@ __all__ = [
     "Store",
     "StoredContextSet",
     "open_store",
+    "redacted_url",
     "sqlite_path",
 ]
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def redacted_url(url: str) -> str:
+    """The store URL without its password, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def sqlite_path(url: str) -> str:

@@ -31,7 +31,7 @@ from cde_server.errors import (
     NotFoundError,
     StoreUnavailableError,
 )
-from cde_server.stores import records
+from cde_server.stores import records, redacted_url
 from cde_server.stores.base import (
     NAMESPACE_SEPARATOR,
     ContextSetSummary,
@@ -105,16 +105,6 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _redacted(url: str) -> str:
-    """The URL without its password, for error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 class RedisStore:
     """`Store` over a Redis server (redis://, rediss:// or unix:// URL)."""
 
@@ -149,8 +139,8 @@ class RedisStore:
                 decode_responses=False,
             )
         except ValueError as exc:
-            raise StoreUnavailableError(f"invalid Redis URL {_redacted(url)}: {exc}") from exc
-        return cls(client, prefix=prefix, display_url=_redacted(url))
+            raise StoreUnavailableError(f"invalid Redis URL {redacted_url(url)}: {exc}") from exc
+        return cls(client, prefix=prefix, display_url=redacted_url(url))
 
     @asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:

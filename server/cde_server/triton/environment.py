@@ -39,8 +39,9 @@ def pytriton_install(binary: Path | None = None) -> TritonInstall:
         import pytriton
     except ImportError as exc:
         raise TritonSetupError(
-            "nvidia-pytriton is not installed: pip install 'cde-serve[server]' "
-            "(or set CDE_TRITON_BINARY to an existing tritonserver)"
+            "nvidia-pytriton is not installed, so there is no embedded Triton: set "
+            "CDE_TRITON_URL to an external Triton (a gateway-only install), or "
+            "pip install 'cde-serve[server]' (or set CDE_TRITON_BINARY to a tritonserver)"
         ) from exc
     root = Path(pytriton.__file__).resolve().parent / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"

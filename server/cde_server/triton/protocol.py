@@ -63,6 +63,9 @@ REQUEST = "REQUEST"
 INFO = "INFO"
 
 MAX_BATCH_ROWS = 64
+
+DEFAULT_CONTEXT_CACHE_BYTES = 512 * 1024 * 1024
+"""Prepared-context cache budget of each `cde_second_stage` instance unless configured."""
 """Rows one request to an ensemble may carry (its max_batch_size); split larger batches."""
 
 

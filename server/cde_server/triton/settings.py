@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from cde_model.dtypes import Dtype
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cde_server.triton.protocol import DEFAULT_CONTEXT_CACHE_BYTES
 
 _CHECKOUT_MODEL_REPOSITORY = Path(__file__).resolve().parents[3] / "model_repository"
 _PACKAGED_MODEL_REPOSITORY = Path(__file__).resolve().parent / "model_repository"
@@ -18,7 +21,6 @@ DEFAULT_MODEL_REPOSITORY = (
 """model_repository/ of the source checkout (editable install), else the wheel's copy."""
 
 Device = Literal["auto", "cpu", "gpu"]
-Dtype = Literal["float32", "bfloat16", "float16"]
 MiB = 1024 * 1024
 
 
@@ -30,7 +32,9 @@ class TritonSettings(BaseSettings):
     model: str = Field(default="demo", description='checkpoint directory, or "demo"')
     dtype: Dtype = Field(default="float32", description="float16 on GPU only")
     context_cache_bytes: int = Field(
-        default=512 * MiB, gt=0, description="context cache budget of each second-stage instance"
+        default=DEFAULT_CONTEXT_CACHE_BYTES,
+        gt=0,
+        description="context cache budget of each second-stage instance",
     )
     token_budget: int = Field(
         default=0, ge=0, description="positions per forward pass (0: the model's default)"

@@ -11,8 +11,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -64,6 +64,8 @@ class BatchHandler(Protocol):
         """Release the model."""
         ...
 
+
+M = TypeVar("M")
 
 _PLACEHOLDER = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
@@ -123,6 +125,26 @@ def free_accelerator_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def batch_then_isolate(
+    handler_name: str, members: Sequence[M], run: Callable[[list[M]], None]
+) -> list[tuple[M, RequestError]]:
+    """`run(members)` as one model call; if it fails, once per member, so that only the
+    members whose own call fails get an error (returned with it)."""
+    try:
+        run(list(members))
+        return []
+    except Exception as exc:
+        if len(members) == 1:
+            return [(members[0], run_isolated(handler_name, exc))]
+    failed = []
+    for member in members:
+        try:
+            run([member])
+        except Exception as exc:
+            failed.append((member, run_isolated(handler_name, exc)))
+    return failed
 
 
 def run_isolated(handler_name: str, exc: BaseException) -> RequestError:

@@ -12,9 +12,9 @@ from cde_server.triton.handlers.adapter import (
     Inputs,
     RequestError,
     Result,
+    batch_then_isolate,
     free_accelerator_memory,
     load_stage_model,
-    run_isolated,
 )
 from cde_server.triton.protocol import ATTENTION_MASK, DATASET_EMBEDDING, INPUT_IDS
 
@@ -42,10 +42,10 @@ class FirstStageHandler:
 
     def run(self, batch: Sequence[Inputs]) -> list[Result]:
         results: list[Result] = []
-        parts: dict[int, tokens.TokenRows] = {}
+        parts: dict[int, tokens.RequestTokens] = {}
         for index, inputs in enumerate(batch):
             try:
-                parts[index] = tokens.token_rows(
+                parts[index] = tokens.request_tokens(
                     inputs[INPUT_IDS],
                     inputs[ATTENTION_MASK],
                     max_tokens=self.model.info.max_tokens,
@@ -56,22 +56,17 @@ class FirstStageHandler:
                 results.append(exc)
         if not parts:
             return results
-        try:
-            embeddings = self._embed(list(parts.values()))
-            for index, rows in zip(parts, embeddings, strict=True):
+
+        def embed(indices: list[int]) -> None:
+            embeddings = self._embed([parts[index] for index in indices])
+            for index, rows in zip(indices, embeddings, strict=True):
                 results[index] = {DATASET_EMBEDDING: rows}
-        except Exception as exc:
-            if len(parts) == 1:
-                results[next(iter(parts))] = run_isolated("first stage", exc)
-                return results
-            for index, part in parts.items():  # find the request that fails; spare the others
-                try:
-                    results[index] = {DATASET_EMBEDDING: self._embed([part])[0]}
-                except Exception as single_exc:
-                    results[index] = run_isolated("first stage", single_exc)
+
+        for index, error in batch_then_isolate("first stage", list(parts), embed):
+            results[index] = error
         return results
 
-    def _embed(self, parts: list[tokens.TokenRows]) -> list[Array]:
+    def _embed(self, parts: list[tokens.RequestTokens]) -> list[Array]:
         import torch
 
         joined = tokens.join(parts)

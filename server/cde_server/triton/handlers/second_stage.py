@@ -21,6 +21,7 @@ from cde_server.triton.handlers.adapter import (
     Inputs,
     RequestError,
     Result,
+    batch_then_isolate,
     free_accelerator_memory,
     load_stage_model,
     run_isolated,
@@ -32,6 +33,7 @@ from cde_server.triton.protocol import (
     CONTEXT_ID_LENGTH,
     CONTEXT_NOT_CACHED_MARKER,
     DATASET_EMBEDDINGS,
+    DEFAULT_CONTEXT_CACHE_BYTES,
     EMBEDDING,
     INPUT_IDS,
     context_id,
@@ -74,7 +76,7 @@ def decode_context_ids(array: Array, rows: int) -> list[str]:
 
 @dataclass(frozen=True)
 class _Pending:
-    rows: tokens.TokenRows
+    rows: tokens.RequestTokens
     context_ids: list[str]  # one per row
 
 
@@ -84,7 +86,7 @@ class _Member:
 
     index: int  # of the request in the batch
     positions: Array  # row positions inside the request
-    rows: tokens.TokenRows
+    rows: tokens.RequestTokens
 
 
 class SecondStageHandler:
@@ -104,7 +106,8 @@ class SecondStageHandler:
     def from_parameters(cls, parameters: Mapping[str, str], device: str) -> SecondStageHandler:
         """Load the model named by the parameters on `device`; the cache gets
         parameters["context_cache_bytes"]."""
-        return cls(load_stage_model(parameters, device), int(parameters["context_cache_bytes"]))
+        cache_bytes = int(parameters.get("context_cache_bytes", "0"))
+        return cls(load_stage_model(parameters, device), cache_bytes or DEFAULT_CONTEXT_CACHE_BYTES)
 
     def run(self, batch: Sequence[Inputs]) -> list[Result]:
         results: list[Result] = [{} for _ in batch]
@@ -141,7 +144,7 @@ class SecondStageHandler:
         return results
 
     def _parse(self, inputs: Inputs) -> _Pending:
-        rows = tokens.token_rows(
+        rows = tokens.request_tokens(
             inputs[INPUT_IDS],
             inputs[ATTENTION_MASK],
             max_tokens=self.model.info.max_tokens,
@@ -208,17 +211,12 @@ class SecondStageHandler:
         members = [member for member in members if member.index not in failed]
         if not members:
             return
-        try:
-            self._embed(context, members, outputs)
-        except Exception as exc:
-            if len(members) == 1:
-                failed[members[0].index] = run_isolated("second stage", exc)
-                return
-            for member in members:
-                try:
-                    self._embed(context, [member], outputs)
-                except Exception as single_exc:
-                    failed[member.index] = run_isolated("second stage", single_exc)
+
+        def embed(chosen: list[_Member]) -> None:
+            self._embed(context, chosen, outputs)
+
+        for member, error in batch_then_isolate("second stage", members, embed):
+            failed[member.index] = error
 
     def _embed(
         self, context: PreparedContext, members: list[_Member], outputs: dict[int, Array]

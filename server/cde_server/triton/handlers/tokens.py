@@ -15,7 +15,7 @@ Array = npt.NDArray[Any]
 
 
 @dataclass(frozen=True)
-class TokenRows:
+class RequestTokens:
     """One request's INPUT_IDS and ATTENTION_MASK, trailing all-padding columns removed."""
 
     input_ids: Array  # int64 [rows, tokens]
@@ -26,9 +26,9 @@ class TokenRows:
         return int(self.input_ids.shape[0])
 
 
-def token_rows(
+def request_tokens(
     input_ids: Array, attention_mask: Array, *, max_tokens: int, vocab_size: int | None
-) -> TokenRows:
+) -> RequestTokens:
     """Validated token rows of one request; RequestError (INVALID_ARG) says what is wrong."""
     if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
         raise RequestError(
@@ -52,12 +52,12 @@ def token_rows(
     ):
         raise RequestError(f"INPUT_IDS must lie in [0, {vocab_size})")
     # Copies: torch wants writable arrays, and the inputs' shared memory is reused later.
-    return TokenRows(
+    return RequestTokens(
         np.array(ids, dtype=np.int64), np.array(attention_mask[:, :length], dtype=np.int64)
     )
 
 
-def join(parts: Sequence[TokenRows]) -> TokenRows:
+def join(parts: Sequence[RequestTokens]) -> RequestTokens:
     """All rows of `parts` in one right-padded pair of arrays (padding: id 0, mask 0)."""
     if len(parts) == 1:
         return parts[0]
@@ -72,14 +72,14 @@ def join(parts: Sequence[TokenRows]) -> TokenRows:
         ids[start:end, :width] = part.input_ids
         mask[start:end, :width] = part.attention_mask
         start = end
-    return TokenRows(ids, mask)
+    return RequestTokens(ids, mask)
 
 
-def take_rows(part: TokenRows, rows: Array) -> TokenRows:
+def take_rows(part: RequestTokens, rows: Array) -> RequestTokens:
     """The subset `rows` of `part` (all of it when rows covers every row in order)."""
     if len(rows) == part.rows and (rows == np.arange(part.rows)).all():
         return part
-    return TokenRows(part.input_ids[rows], part.attention_mask[rows])
+    return RequestTokens(part.input_ids[rows], part.attention_mask[rows])
 
 
 def split(array: Array, counts: Sequence[int]) -> list[Array]:
