@@ -1,22 +1,10 @@
-"""cde_first_stage: thin wrapper around cde_server.triton.handlers.first_stage."""
+"""cde_first_stage: Triton's python-backend entry points around `FirstStageHandler`."""
 
-from typing import Any
-
-import triton_python_backend_utils as pb_utils
-from cde_server.triton.handlers.adapter import TritonAdapter, model_parameters, torch_device
+from cde_server.triton.handlers.adapter import PythonBackendModel
 from cde_server.triton.handlers.first_stage import FirstStageHandler
 
 
-class TritonPythonModel:
-    """Python-backend entry points; the work happens in the handler."""
+class TritonPythonModel(PythonBackendModel):
+    """Builds a `FirstStageHandler` in initialize() and hands it each batch."""
 
-    def initialize(self, args: dict[str, str]) -> None:
-        handler = FirstStageHandler.from_parameters(model_parameters(args), torch_device(args))
-        self.adapter = TritonAdapter(pb_utils, handler, args["model_name"])
-
-    def execute(self, requests: list[Any]) -> list[Any]:
-        responses: list[Any] = self.adapter.execute(requests)
-        return responses
-
-    def finalize(self) -> None:
-        self.adapter.close()
+    handler_class = FirstStageHandler

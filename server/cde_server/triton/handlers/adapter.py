@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -153,6 +153,36 @@ def run_isolated(handler_name: str, exc: BaseException) -> RequestError:
     if isinstance(exc, RequestError):
         return exc
     return RequestError(f"{handler_name} failed: {type(exc).__name__}: {exc}", "INTERNAL")
+
+
+class HandlerFactory(Protocol):
+    """A handler class: built from its model's config parameters and instance device."""
+
+    def from_parameters(self, parameters: Mapping[str, str], device: str) -> BatchHandler:
+        """Load what the handler needs."""
+        ...
+
+
+class PythonBackendModel:
+    """The python backend's entry points around one handler; each `model.py` subclasses it as
+    `TritonPythonModel` and names its `handler_class`."""
+
+    handler_class: ClassVar[HandlerFactory]
+
+    def initialize(self, args: dict[str, str]) -> None:
+        """Build the handler from the model's config (Triton calls this once per instance)."""
+        import triton_python_backend_utils as pb_utils
+
+        handler = self.handler_class.from_parameters(model_parameters(args), torch_device(args))
+        self.adapter = TritonAdapter(pb_utils, handler, args["model_name"])
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        """One response per request."""
+        return self.adapter.execute(requests)
+
+    def finalize(self) -> None:
+        """Release the handler."""
+        self.adapter.close()
 
 
 class TritonAdapter:

@@ -22,7 +22,9 @@ class ModelInfoHandler:
         self.info = np.array([json.dumps(dict(info)).encode("utf-8")], dtype=np.object_)
 
     @classmethod
-    def from_parameters(cls, parameters: Mapping[str, str]) -> ModelInfoHandler:
+    def from_parameters(
+        cls, parameters: Mapping[str, str], device: str = "cpu"
+    ) -> ModelInfoHandler:
         """Describe parameters["model_path"] as served with parameters["dtype"] on
         parameters["device_kind"]; no weights are loaded."""
         from cde_model.description import describe_model

@@ -52,7 +52,7 @@ class TokenizeHandler:
         self.max_tokens = max_tokens
 
     @classmethod
-    def from_parameters(cls, parameters: Mapping[str, str]) -> TokenizeHandler:
+    def from_parameters(cls, parameters: Mapping[str, str], device: str = "cpu") -> TokenizeHandler:
         """The tokenizer of parameters["model_path"] (a checkpoint directory or "demo"); no
         weights are loaded."""
         from cde_model.description import describe_model
