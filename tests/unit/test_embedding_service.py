@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import numpy as np
 import pytest
@@ -65,6 +65,9 @@ class FakeInference:
 
     def describe(self) -> str:
         return "fake"
+
+    def on_availability(self, listener: Callable[[bool], None]) -> None:
+        pass
 
     async def close(self) -> None:
         pass
@@ -159,3 +162,13 @@ def test_a_set_built_by_another_model_is_refused() -> None:
             await service.embed(call(), EmbedInput(["q"], context_set="docs"))
 
     asyncio.run(scenario())
+
+
+def test_near_zero_vectors_come_back_as_zeros_not_noise() -> None:
+    from cde_server.domain.vectors import NEAR_ZERO_NORM, normalize_rows
+
+    rows = np.array([[3.0, 4.0, 0.0, 0.0], [1.2e-7, -0.8e-7, 0.0, 0.0]], dtype=np.float32)
+    unit = normalize_rows(rows)
+    assert np.allclose(unit[0], [0.6, 0.8, 0.0, 0.0])
+    assert not unit[1].any()
+    assert np.linalg.norm(rows[1]) < NEAR_ZERO_NORM

@@ -46,6 +46,10 @@ def _new(args: argparse.Namespace) -> int:
         return _fail(exc)
     print(f"API key (shown once; give it to the client): {key}", file=sys.stderr)
     if args.append is not None:
+        from cde_server.private_files import ensure_private_file, warn_if_shared
+
+        ensure_private_file(args.append)  # a new keys file: 0600
+        warn_if_shared(args.append, "the keys file")
         with args.append.open("a", encoding="utf-8") as file:
             file.write("\n" + entry)
         print(f"entry appended to {args.append}", file=sys.stderr)

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cde_server.domain.names import is_valid_name
 from cde_server.errors import UnauthenticatedError
+from cde_server.private_files import warn_if_shared
 
 AUTHORIZATION_HEADER = "authorization"
 _BEARER = "bearer "
@@ -188,6 +189,8 @@ class Authenticator:
             sources.append("CDE_API_KEYS")
         if path is None and not extra:
             return cls(None)
+        if path is not None:
+            warn_if_shared(path, "the keys file")
         from_file = load_keys_file(path) if path is not None else None
         try:
             keys = KeysFile(

@@ -48,12 +48,26 @@ class HealthMonitor:
         self._services = ("", *services)
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._publishing: set[asyncio.Task[None]] = set()
         self.serving = False
 
     async def start(self) -> None:
         """Check once now, then keep checking in the background."""
         await self._publish(await self.check())
+        self._inference.on_availability(self._availability_changed)
         self._task = asyncio.create_task(self._run())
+
+    def _availability_changed(self, available: bool) -> None:
+        """No Triton endpoint up: NOT_SERVING at once; one back: check now, not at the
+        next interval."""
+        if available:
+            self._wake.set()
+        elif self.serving:
+            logger.warning("NOT_SERVING: no Triton endpoint is up (%s)", self._inference.describe())
+            task = asyncio.get_running_loop().create_task(self._publish(False))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
 
     async def stop(self) -> None:
         """Report NOT_SERVING to everyone and stop checking."""
@@ -87,7 +101,9 @@ class HealthMonitor:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+            self._wake.clear()
             try:
                 await self._publish(await self.check())
             except Exception as exc:  # never let the monitor die

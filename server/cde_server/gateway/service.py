@@ -19,6 +19,7 @@ from cde_server.domain import context_sets, pagination
 from cde_server.domain.names import validate_context_set_name
 from cde_server.domain.prompts import Prompt, PromptRegistry
 from cde_server.domain.tenancy import TenantStore
+from cde_server.domain.vectors import normalize_rows
 from cde_server.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -36,8 +37,6 @@ from cde_server.inference.served_model import ServedModel
 from cde_server.stores.base import ContextSetSummary, Store
 
 FloatMatrix = npt.NDArray[np.float32]
-
-_NORM_FLOOR = 1e-12
 
 
 @dataclass(frozen=True)
@@ -140,8 +139,7 @@ class EmbeddingService:
         self._metrics.embedded("second", len(texts), int(encoded.token_counts.sum()))
         vectors = encoded.vectors
         if request.normalize:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.maximum(norms, _NORM_FLOOR)
+            vectors = normalize_rows(vectors)
         return EmbedResult(
             vectors=vectors.astype(np.float32, copy=False),
             model_id=info.fingerprint,

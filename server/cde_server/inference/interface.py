@@ -100,6 +100,9 @@ class Inference(Protocol):
     def describe(self) -> str:
         """Where inference runs and in what state, for logs."""
 
+    def on_availability(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(available)` whenever inference becomes available or unavailable."""
+
     async def close(self) -> None:
         """Release connections."""
 

@@ -83,6 +83,7 @@ class TritonPool:
         self._next = 0
         self._fingerprint: str | None = None  # the model every up endpoint must serve
         self._probes: dict[str, asyncio.Task[None]] = {}
+        self._listeners: list[Callable[[bool], None]] = []
         for endpoint in self._endpoints:
             self._observer.endpoint_up(endpoint.url, True)
             self._observer.endpoint_outstanding(endpoint.url, 0)
@@ -96,6 +97,10 @@ class TritonPool:
     def up_urls(self) -> list[str]:
         """The endpoints that take requests now."""
         return [endpoint.url for endpoint in self._endpoints if endpoint.up]
+
+    def on_availability(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(any_up)` when the last endpoint goes down or the first comes up."""
+        self._listeners.append(listener)
 
     def describe(self) -> str:
         """The endpoints and their state, for logs: "a:8001 (up), b:8001 (down)"."""
@@ -248,7 +253,12 @@ class TritonPool:
     def _mark(self, endpoint: _Member, up: bool, reason: str) -> None:
         if endpoint.up == up:
             return
+        was_available = any(member.up for member in self._endpoints)
         endpoint.up = up
+        available = any(member.up for member in self._endpoints)
+        if available != was_available:
+            for listener in self._listeners:
+                listener(available)
         self._observer.endpoint_up(endpoint.url, up)
         if up:
             logger.info("Triton endpoint %s is up again", endpoint.url)

@@ -22,6 +22,7 @@ from cde_server.errors import (
     NotFoundError,
     StoreUnavailableError,
 )
+from cde_server.private_files import ensure_private_dir, ensure_private_file, warn_if_shared
 from cde_server.stores import records
 from cde_server.stores.base import NAMESPACE_SEPARATOR, ContextSetSummary, StoredContextSet
 
@@ -123,12 +124,16 @@ class SqliteStore:
 
     def _open(self) -> None:
         if self.path != MEMORY:
-            try:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            database = Path(self.path)
+            try:  # every tenant's documents are in here: this user only (WAL/SHM follow)
+                ensure_private_dir(database.parent)
+                ensure_private_file(database)
             except OSError as exc:
                 raise StoreUnavailableError(
-                    f"cannot create the directory of SQLite store {self.path}: {exc}"
+                    f"cannot create SQLite store {self.path}: {exc}"
                 ) from exc
+            for path in (database, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+                warn_if_shared(path, "the SQLite store file")
         connection = sqlite3.connect(
             self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
