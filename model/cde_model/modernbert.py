@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from transformers import ModernBertConfig, ModernBertModel
+from transformers.initialization import no_init_weights
 
 from cde_model.checkpoint_v2 import BackboneSizes
 
@@ -50,9 +51,10 @@ def build_backbone(
     """A ModernBertModel in eval mode holding `state_dict` (already on `device`, in its dtype).
 
     The weights are assigned, not copied, so the model takes their dtype; the rotary tables
-    stay float32.
+    stay float32. Random initialization is skipped: every weight is replaced.
     """
-    model = ModernBertModel(config)
+    with no_init_weights():
+        model = ModernBertModel(config)
     model.load_state_dict(dict(state_dict), strict=True, assign=True)
     module: torch.nn.Module = model  # nn.Module's typed methods (transformers wraps `to`)
     module.to(device)
