@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
+from transformers import ModernBertConfig
 
 from cde_model.backbone import masked_mean
 from cde_model.batching import TokenBatch
@@ -85,6 +86,8 @@ def instruction_pool_mask(ids: torch.Tensor, mask: torch.Tensor, end_id: int) ->
 class CDEV2Model(EmbeddingModel):
     """A cde-small-v2 checkpoint on one device and dtype."""
 
+    backbone_config: ModernBertConfig
+
     def __init__(
         self,
         weights: CDEV2Weights,
@@ -96,6 +99,7 @@ class CDEV2Model(EmbeddingModel):
         dtype: torch.dtype,
     ) -> None:
         backbone_config = modernbert_config(config.backbone, weights.sizes)
+        self.backbone_config = backbone_config  # both stages' ModernBertConfig
         self._first = build_backbone(backbone_config, weights.first_stage, device)
         self._second = build_backbone(backbone_config, weights.second_stage, device)
         self._first_stage_mlp = weights.first_stage_mlp
