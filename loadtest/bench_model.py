@@ -81,11 +81,14 @@ def best_seconds(
 
 
 def matmul_flops_per_second(
-    dtype: torch.dtype = torch.float32, clock: Clock = time.perf_counter
+    dtype: torch.dtype = torch.float32, clock: Clock = time.perf_counter, mlp_inner: int = INNER
 ) -> float:
-    """Best FLOP/s of torch.matmul over the model's GEMM shapes, 2048 rows each."""
+    """Best FLOP/s of torch.matmul over the model's GEMM shapes, 2048 rows each.
+
+    mlp_inner: the MLP intermediate size (v1's by default; cde-small-v2 has 1152).
+    """
     rates = []
-    for inner, outer in ((H, 3 * H), (H, 2 * INNER), (INNER, H), (H, H)):
+    for inner, outer in ((H, 3 * H), (H, 2 * mlp_inner), (mlp_inner, H), (H, H)):
         a = torch.randn(2048, inner, dtype=dtype)
         b = torch.randn(inner, outer, dtype=dtype)
         torch.matmul(a, b)
@@ -230,10 +233,10 @@ def machine_description() -> str:
     )
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md; other sections stay."""
+def write_section(text: str, section: str = SECTION) -> None:
+    """Replace (or append) one benchmark section of RESULTS.md; other sections stay."""
     current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
     block = text.rstrip() + "\n\n"
     if pattern.search(current):
         updated = pattern.sub(lambda _: block, current, count=1)
@@ -270,9 +273,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="smoke test: tiny batches, RESULTS.md untouched"
     )
+    parser.add_argument(
+        "--family", choices=("v1", "v2", "both"), default="both", help="which model(s) to measure"
+    )
+    parser.add_argument("--v2-checkpoint", type=Path, default=None)
     args = parser.parse_args(argv)
     quick: bool = args.quick
     checkpoint: Path = args.checkpoint
+    if args.family in ("v2", "both"):
+        from bench_model_v2 import DEFAULT_V2_CHECKPOINT, run_v2
+
+        print(run_v2(args.v2_checkpoint or DEFAULT_V2_CHECKPOINT, quick))
+    if args.family == "v2":
+        return 0
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
     if not (checkpoint / "model.safetensors").exists():

@@ -1,4 +1,4 @@
-"""cde-small-v1 contextual document embeddings in torch, plus an offline demo stand-in.
+"""cde-small-v1 and cde-small-v2 contextual document embeddings in torch, plus an offline demo.
 
 `from cde_model import load_model, EmbeddingModel, PreparedContext, ModelInfo`. Those names are
 imported lazily, so `cde_model.context`, `cde_model.prompts` and `cde_model.demo_corpus` stay

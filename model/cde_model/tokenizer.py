@@ -68,6 +68,15 @@ class TextTokenizer:
                 return cls(bert_wordpiece(vocab_txt), max_tokens), vocab_txt
         raise FileNotFoundError(f"no tokenizer.json or vocab.txt in {directory} or the fallback")
 
+    def token_ids(self, text: str) -> list[int]:
+        """The ids of `text` alone: no special tokens, no truncation or padding."""
+        return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        """The vocabulary entry of `token_id` (None outside the vocabulary)."""
+        token: str | None = self._tokenizer.id_to_token(token_id)
+        return token
+
     def encode(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """`input_ids`, `attention_mask`: int64 [B, L], padded to the longest row."""
         input_ids, attention_mask, _ = self.encode_with_truncation(texts)

@@ -1,0 +1,237 @@
+"""cde-small-v2 part of the in-process model benchmark (`make bench-model`).
+
+Uses a random checkpoint with the published cde-small-v2 shapes (written to .cache/ if missing;
+no embedder_config, so the ModernBERT-base values apply) and measures what bench_model.py
+measures for v1: stage 1 and stage 2 texts/s, model FLOP/s ÷ torch.matmul FLOP/s (float32, the
+model's own GEMM shapes), the same at one thread by CPU time, and bfloat16 against float32.
+
+FLOPs (one multiply-add = 2 FLOPs; H=768, I=1152, 22 layers, 8 global, N=512 + 8 prompt rows):
+- dense work per row and layer: D = 2·(4H² + 3HI)   (Wqkv + Wo + GLU MLP Wi, Wo)
+- attention per layer over S rows: 4·S²·H ("executed": SDPA with a mask computes every
+  score, in the local layers too); "useful" counts only the keys inside the 129-row window in
+  the 14 local layers (what a banded kernel would compute)
+- stage 1, L tokens: 22·(L·D) + attention(L) + the MLP head 4H²
+- stage 2, L tokens: S = N+8+L rows: 22·(S·D) + attention(S) + the output projection 4H²
+The model runs the published computation as it is (transformers' ModernBertModel), so the
+published FLOPs equal the executed ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from bench_model import (
+    REPO,
+    Clock,
+    Row,
+    best_seconds,
+    machine_description,
+    matmul_flops_per_second,
+    random_tokens,
+    table,
+    write_section,
+)
+from cde_model import EmbeddingModel, load_model
+from cde_model.random_checkpoint_v2 import V2_SHAPES, write_random_v2_checkpoint
+
+DEFAULT_V2_CHECKPOINT = REPO / ".cache" / "cde-v2-full"
+V2_SECTION = "## cde-small-v2 model (in-process)"
+
+SHAPE = V2_SHAPES["full"]
+H, INNER, LAYERS = SHAPE.hidden, SHAPE.inner, SHAPE.layers
+GLOBAL_LAYERS = len(range(0, LAYERS, 3))
+HALF_WINDOW = SHAPE.local_attention // 2
+FIXED_ROWS = SHAPE.corpus_size + 8
+DENSE = 2 * (4 * H * H + 3 * H * INNER)
+QUERY_TOKENS, DOCUMENT_TOKENS, STAGE1_TOKENS = 12, 200, 128
+
+
+def window_pairs(rows: int) -> int:
+    """(query, key) pairs within HALF_WINDOW positions of each other among `rows` rows."""
+    return sum(min(rows - 1, i + HALF_WINDOW) - max(0, i - HALF_WINDOW) + 1 for i in range(rows))
+
+
+def backbone_flops(rows: int, useful: bool = False) -> float:
+    """22 layers over `rows` rows; useful=True counts only in-window scores in local layers."""
+    local_pairs = window_pairs(rows) if useful else rows * rows
+    attention = 4 * H * (GLOBAL_LAYERS * rows * rows + (LAYERS - GLOBAL_LAYERS) * local_pairs)
+    return LAYERS * rows * DENSE + attention
+
+
+def stage1_flops(tokens: int, useful: bool = False) -> float:
+    return backbone_flops(tokens, useful) + 4 * H * H
+
+
+def stage2_flops(tokens: int, useful: bool = False) -> float:
+    return backbone_flops(FIXED_ROWS + tokens, useful) + 4 * H * H
+
+
+def v2_matmul(clock: Clock = time.perf_counter) -> float:
+    return matmul_flops_per_second(clock=clock, mlp_inner=INNER)
+
+
+def with_reference(measure: functools.partial[Row], clock: Clock) -> Row:
+    """`measure` between two matmul measurements on v2's GEMM shapes; the better one counts."""
+    before = v2_matmul(clock)
+    row = measure()
+    row.matmul = max(before, v2_matmul(clock))
+    print(" | ".join(row.cells()), file=sys.stderr, flush=True)
+    return row
+
+
+def bench_stage1(model: EmbeddingModel, batch: int, repeats: int, clock: Clock) -> Row:
+    ids, mask = random_tokens(batch, STAGE1_TOKENS, seed=1)
+    model.first_stage(ids[:2], mask[:2])
+    seconds = best_seconds(lambda: model.first_stage(ids, mask), repeats, clock)
+    return Row(
+        "stage 1 (documents)",
+        batch,
+        STAGE1_TOKENS,
+        seconds,
+        batch * stage1_flops(STAGE1_TOKENS),
+        batch * stage1_flops(STAGE1_TOKENS, useful=True),
+    )
+
+
+def bench_stage2(
+    model: EmbeddingModel, what: str, tokens: int, batch: int, repeats: int, clock: Clock
+) -> Row:
+    context = model.prepare_context(torch.randn(SHAPE.corpus_size, H))
+    ids, mask = random_tokens(batch, tokens, seed=2)
+    model.second_stage(ids[:1], mask[:1], context)
+    seconds = best_seconds(lambda: model.second_stage(ids, mask, context), repeats, clock)
+    return Row(
+        what,
+        batch,
+        tokens,
+        seconds,
+        batch * stage2_flops(tokens),
+        batch * stage2_flops(tokens, useful=True),
+    )
+
+
+def throughput_rows(
+    model: EmbeddingModel,
+    stage1_batches: tuple[int, ...],
+    query_batches: tuple[int, ...],
+    document_batches: tuple[int, ...],
+    repeats: int = 2,
+    clock: Clock = time.perf_counter,
+) -> list[Row]:
+    rows = [
+        with_reference(functools.partial(bench_stage1, model, batch, repeats, clock), clock)
+        for batch in stage1_batches
+    ]
+    for what, tokens, batches in (
+        ("stage 2 query", QUERY_TOKENS, query_batches),
+        ("stage 2 document", DOCUMENT_TOKENS, document_batches),
+    ):
+        rows += [
+            with_reference(
+                functools.partial(bench_stage2, model, what, tokens, batch, repeats, clock), clock
+            )
+            for batch in batches
+        ]
+    return rows
+
+
+def bf16_comparison(fp32: EmbeddingModel, checkpoint: Path) -> list[list[str]]:
+    """Speed and cosine of bfloat16 against float32 on the same inputs."""
+    bf16 = load_model(str(checkpoint), dtype="bfloat16", device="cpu")
+    dataset = torch.randn(SHAPE.corpus_size, H, generator=torch.Generator().manual_seed(3))
+    rows = []
+    for what, batch, tokens, stage2 in (
+        ("stage 1", 16, STAGE1_TOKENS, False),
+        ("stage 2 query", 8, QUERY_TOKENS, True),
+        ("stage 2 document", 4, DOCUMENT_TOKENS, True),
+    ):
+        ids, mask = random_tokens(batch, tokens, seed=4)
+        outputs, speeds = [], []
+        for model in (fp32, bf16):
+            if stage2:
+                context = model.prepare_context(dataset)
+                run = functools.partial(model.second_stage, ids, mask, context)
+            else:
+                run = functools.partial(model.first_stage, ids, mask)
+            outputs.append(run())
+            speeds.append(best_seconds(run, 2))
+        cosine = F.cosine_similarity(outputs[0], outputs[1], dim=-1)
+        shared = outputs[0].mean(dim=0)
+        centered = F.cosine_similarity(outputs[0] - shared, outputs[1] - shared, dim=-1)
+        rows.append(
+            [
+                what,
+                str(batch),
+                str(tokens),
+                f"{batch / speeds[0]:,.1f}",
+                f"{batch / speeds[1]:,.1f}",
+                f"{speeds[0] / speeds[1]:.2f}x",
+                f"{cosine.mean():.5f} / {cosine.min():.5f}",
+                f"{centered.mean():.4f} / {centered.min():.4f}",
+            ]
+        )
+        print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def run_v2(checkpoint: Path, quick: bool) -> str:
+    """Measure everything; returns the RESULTS.md section (written unless `quick`)."""
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    if not (checkpoint / "model.safetensors").exists():
+        print(f"writing a random full-size v2 checkpoint to {checkpoint}", file=sys.stderr)
+        write_random_v2_checkpoint(checkpoint, "full", seed=0)
+    model = load_model(str(checkpoint), device="cpu")
+    threads = torch.get_num_threads()
+    if quick:
+        rows = throughput_rows(model, (2,), (1,), (1,), repeats=1)
+    else:
+        rows = throughput_rows(model, (8, 32), (1, 4, 16), (1, 4))
+    torch.set_num_threads(1)
+    single = throughput_rows(model, (4,), (2,), (2,), repeats=2 - quick, clock=time.process_time)
+    torch.set_num_threads(threads)
+    bf16_rows = [] if quick else bf16_comparison(model, checkpoint)
+    load_after = os.getloadavg()[0]
+    elapsed = time.perf_counter() - started
+    header = ["what", "batch", "tokens/text", "texts/s", "tokens/s", "GFLOP/s", "matmul GFLOP/s",
+              "÷ matmul (executed)", "÷ matmul (useful FLOPs)"]  # fmt: skip
+    bf16_header = ["what", "batch", "tokens/text", "fp32 texts/s", "bf16 texts/s", "speed-up",
+                   "cosine", "cosine, batch mean removed"]  # fmt: skip
+    text = f"""{V2_SECTION}
+
+`python loadtest/bench_model.py` (`make bench-model`; this part: `loadtest/bench_model_v2.py`),
+{time.strftime("%Y-%m-%d")}, CPU float32, random checkpoint with the published cde-small-v2
+shapes (ModernBERT-base: H 768, 22 layers of which 8 global, I 1152, N = 512; no
+embedder_config), run on transformers' `ModernBertModel` with SDPA. Machine:
+{machine_description()}. Load average (1 min) {load_before:.1f} before and {load_after:.1f}
+after the run (above the core count means other work shared the CPU); run time
+{elapsed:.0f} s.
+
+Reference ("matmul GFLOP/s"): `torch.matmul` float32, best over v2's GEMM shapes with 2048 rows,
+measured right before and after each row. "÷ matmul (executed)" counts the FLOPs the model
+computes (SDPA with a mask scores every key, in the local layers too; the published code
+computes the same); "useful FLOPs" counts only the keys inside the local layers' 129-row window,
+what a banded attention kernel would compute. Formulas: module docstring of
+`loadtest/bench_model_v2.py`. Stage 2 texts carry N+8 = {FIXED_ROWS} context and prompt rows.
+
+{table(header, [row.cells() for row in rows])}
+
+Single thread, timed by CPU time (`time.process_time`), so other work on the machine does not
+count; "texts/s" here are per busy core:
+
+{table(header, [row.cells() for row in single])}
+
+bfloat16 against float32 (same inputs; cosine mean / min, also after removing the float32
+batch mean, since random weights give all inputs a large shared component):
+
+{table(bf16_header, bf16_rows)}
+"""
+    if not quick:
+        write_section(text, V2_SECTION)
+    return text

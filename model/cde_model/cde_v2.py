@@ -1,0 +1,227 @@
+"""cde-small-v2: both stages of the published model on transformers' ModernBertModel.
+
+What the published implementation computes (docs: cde-small-v2.md), reproduced as it is:
+- stage 1: backbone on the token ids, mean over non-pad rows ([CLS]/[SEP] included), MLP;
+- stage 2: rows [dataset; 8 prompt rows; LN_emb(token embeddings)] enter the backbone as
+  `inputs_embeds` (so text rows are normalized twice), RoPE on every row by absolute position,
+  the N + 8 rows never masked; the pool covers text rows after the instruction (up to the
+  first ":" token), and the output projection has a residual.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from transformers import ModernBertConfig
+
+from cde_model.backbone import masked_mean
+from cde_model.batching import TokenBatch
+from cde_model.checkpoint import NUM_PROMPT_ROWS, read_tensors
+from cde_model.checkpoint_v2 import CDEV2Weights, build_v2_weights
+from cde_model.config_v2 import CDEV2Config
+from cde_model.description import describe_v2_checkpoint
+from cde_model.interface import (
+    EmbeddingModel,
+    ModelInfo,
+    PreparedContext,
+    TokenArray,
+    own_context,
+    tensor_nbytes,
+)
+from cde_model.modernbert import attention_masks, build_backbone, modernbert_config
+from cde_model.runtime import default_token_budget, resolve_device, resolve_dtype
+from cde_model.tokenizer import TextTokenizer
+from cde_model.tokenizer_v2 import instruction_end_id
+
+
+@dataclass(frozen=True)
+class CDEV2Context(PreparedContext):
+    """The stage-2 rows shared by every text: dataset rows, then the 8 prompt rows."""
+
+    model_fingerprint: str
+    fixed_rows: torch.Tensor  # [n + 8, H] in the model's dtype, on its device
+
+    @property
+    def nbytes(self) -> int:
+        return tensor_nbytes(self.fixed_rows)
+
+
+def v2_context_rows(
+    dataset_embeddings: torch.Tensor | npt.NDArray[np.floating[Any]], info: ModelInfo
+) -> torch.Tensor:
+    """The first N dataset embeddings; fewer (at least one) are used as given, as published."""
+    rows = torch.as_tensor(dataset_embeddings)
+    if rows.dim() != 2 or rows.shape[1] != info.hidden_size:
+        raise ValueError(
+            f"dataset embeddings must be [rows, {info.hidden_size}], got {list(rows.shape)}"
+        )
+    if rows.shape[0] < 1:
+        raise ValueError("the model needs at least one dataset embedding")
+    rows = rows[: info.corpus_size]
+    if not bool(torch.isfinite(rows).all()):
+        raise ValueError("dataset embeddings contain NaN or infinite values")
+    return rows
+
+
+def instruction_pool_mask(ids: torch.Tensor, mask: torch.Tensor, end_id: int) -> torch.Tensor:
+    """`mask` without the instruction: positions 0..e, e the first p >= 1 holding `end_id`.
+
+    Rows without such a token keep every position (their [CLS] included).
+    """
+    hits = (ids == end_id) & mask
+    hits[:, 0] = False
+    found = hits.any(dim=1)
+    end = hits.to(torch.int8).argmax(dim=1)
+    positions = torch.arange(ids.shape[1], device=ids.device)
+    instruction = (positions[None, :] <= end[:, None]) & found[:, None]
+    return mask & ~instruction
+
+
+class CDEV2Model(EmbeddingModel):
+    """A cde-small-v2 checkpoint on one device and dtype."""
+
+    backbone_config: ModernBertConfig
+
+    def __init__(
+        self,
+        weights: CDEV2Weights,
+        config: CDEV2Config,
+        tokenizer: TextTokenizer,
+        info: ModelInfo,
+        token_budget: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        backbone_config = modernbert_config(config.backbone, weights.sizes)
+        self.backbone_config = backbone_config  # both stages' ModernBertConfig
+        self._first = build_backbone(backbone_config, weights.first_stage, device)
+        self._second = build_backbone(backbone_config, weights.second_stage, device)
+        self._first_stage_mlp = weights.first_stage_mlp
+        self._output_projection = weights.output_projection
+        self._half_window = int(backbone_config.local_attention) // 2
+        self._config = config
+        self._vocab_rows = weights.sizes.vocab
+        self._device, self._dtype = device, dtype
+        self._end_id = (
+            instruction_end_id(tokenizer) if config.pool_ignore_instruction_tokens else None
+        )
+        self.tokenizer = tokenizer
+        self.info = info
+        self._token_budget = token_budget
+        hidden = weights.sizes.hidden
+        with torch.inference_mode():
+            ones = torch.ones(hidden, device=device, dtype=dtype)
+            prompt = weights.prompt_projection(ones, F.relu)
+            self._prompt_rows = prompt.reshape(NUM_PROMPT_ROWS, hidden)
+
+    @classmethod
+    def load(
+        cls,
+        directory: Path,
+        *,
+        dtype: str = "float32",
+        device: str | None = None,
+        token_budget: int | None = None,
+    ) -> CDEV2Model:
+        """Load a checkpoint directory in the published v2 layout."""
+        if not directory.is_dir():
+            raise FileNotFoundError(f"checkpoint directory not found: {directory}")
+        config_path = directory / "config.json"
+        weights_path = directory / "model.safetensors"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"checkpoint config not found: {config_path}")
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        config = CDEV2Config.from_file(config_path)
+        description = describe_v2_checkpoint(directory, config, dtype, str(torch_device))
+        tokenizer = description.tokenizer
+        weights = build_v2_weights(
+            config, read_tensors(weights_path), torch_device, torch_dtype, str(weights_path)
+        )
+        if tokenizer.vocab_size > weights.sizes.vocab:
+            raise ValueError(
+                f"the tokenizer of {directory} has {tokenizer.vocab_size} entries but the "
+                f"token embeddings only {weights.sizes.vocab} rows"
+            )
+        budget = token_budget or default_token_budget(torch_device)
+        return cls(weights, config, tokenizer, description.info, budget, torch_device, torch_dtype)
+
+    # ----------------------------------------------------------------------------- stage 1
+
+    @torch.inference_mode()
+    def first_stage(self, input_ids: TokenArray, attention_mask: TokenArray) -> torch.Tensor:
+        batch = self._validated(input_ids, attention_mask)
+        out = torch.empty(len(batch.lengths), self.info.hidden_size, dtype=torch.float32)
+        for rows, length in batch.packs(self._token_budget):
+            ids = batch.input_ids[rows, :length].to(self._device)
+            mask = batch.attention_mask[rows, :length].to(self._device)
+            out[rows] = self._first_stage_pack(ids, mask).float().cpu()
+        return out
+
+    def _first_stage_pack(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        masks = self._masks(None if bool(mask.all()) else mask, ids.shape[1])
+        hidden = self._first(input_ids=ids, attention_mask=masks).last_hidden_state
+        pooled = masked_mean(hidden, mask).to(self._dtype)
+        return self._first_stage_mlp(pooled, F.gelu)
+
+    # ----------------------------------------------------------------------------- context
+
+    @torch.inference_mode()
+    def prepare_context(
+        self, dataset_embeddings: torch.Tensor | npt.NDArray[np.floating[Any]]
+    ) -> CDEV2Context:
+        rows = v2_context_rows(dataset_embeddings, self.info)
+        rows = rows.to(device=self._device, dtype=self._dtype)
+        return CDEV2Context(self.info.fingerprint, torch.cat((rows, self._prompt_rows)))
+
+    # ----------------------------------------------------------------------------- stage 2
+
+    @torch.inference_mode()
+    def second_stage(
+        self, input_ids: TokenArray, attention_mask: TokenArray, context: PreparedContext
+    ) -> torch.Tensor:
+        context = own_context(context, CDEV2Context, self.info)
+        batch = self._validated(input_ids, attention_mask)
+        out = torch.empty(len(batch.lengths), self.info.hidden_size, dtype=torch.float32)
+        fixed = context.fixed_rows.shape[0]
+        for rows, length in batch.packs(self._token_budget, rows_per_item=fixed):
+            ids = batch.input_ids[rows, :length].to(self._device)
+            mask = batch.attention_mask[rows, :length].to(self._device)
+            out[rows] = self._second_stage_pack(ids, mask, context).float().cpu()
+        return out
+
+    def _second_stage_pack(
+        self, ids: torch.Tensor, mask: torch.Tensor, context: CDEV2Context
+    ) -> torch.Tensor:
+        batch = ids.shape[0]
+        fixed, hidden = context.fixed_rows.shape
+        # The embedding module normalizes the text rows once; the backbone, given the whole
+        # sequence as inputs_embeds, normalizes every row (text rows a second time).
+        text = self._second.embeddings(input_ids=ids)
+        rows = torch.cat((context.fixed_rows.expand(batch, fixed, hidden), text), dim=1)
+        if bool(mask.all()):
+            valid = None
+        else:
+            always = torch.ones(batch, fixed, dtype=torch.bool, device=mask.device)
+            valid = torch.cat((always, mask), dim=1)
+        states = self._second(inputs_embeds=rows, attention_mask=self._masks(valid, rows.shape[1]))
+        text_states = states.last_hidden_state[:, fixed:]
+        pool = mask if self._end_id is None else instruction_pool_mask(ids, mask, self._end_id)
+        pooled = masked_mean(text_states, pool).to(self._dtype)
+        return self._output_projection(pooled, F.relu) + pooled
+
+    # ----------------------------------------------------------------------------- helpers
+
+    def _masks(self, valid: torch.Tensor | None, rows: int) -> dict[str, torch.Tensor | None]:
+        return attention_masks(valid, rows, self._half_window, self._dtype, self._device)
+
+    def _validated(self, input_ids: TokenArray, attention_mask: TokenArray) -> TokenBatch:
+        return TokenBatch.from_inputs(
+            input_ids, attention_mask, vocab_size=self._vocab_rows, max_tokens=self.info.max_tokens
+        )
