@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from cde_model import EmbeddingModel, load_model
 from cde_model.random_checkpoint import SHAPES, write_random_checkpoint
+from results import replace_section
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO / ".cache" / "cde-full"  # shared with the other benchmarks
@@ -235,14 +236,7 @@ def machine_description() -> str:
 
 def write_section(text: str, section: str = SECTION) -> None:
     """Replace (or append) one benchmark section of RESULTS.md; other sections stay."""
-    current = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    block = text.rstrip() + "\n\n"
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: block, current, count=1)
-    else:
-        updated = current.rstrip() + "\n\n" + block
-    RESULTS.write_text(updated.rstrip() + "\n")
+    replace_section(RESULTS, section, text)
 
 
 def throughput_rows(

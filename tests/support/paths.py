@@ -14,3 +14,9 @@ TINY_CHECKPOINT = Path(
     os.environ.get("CDE_TINY_CHECKPOINT", REPO_ROOT.parent / "shared" / "fixtures" / "cde-tiny")
 )
 GOLDEN_JSON = TINY_CHECKPOINT / "golden.json"
+V2_TINY_CHECKPOINT = Path(
+    os.environ.get(
+        "CDE_V2_TINY_CHECKPOINT", REPO_ROOT.parent / "shared" / "fixtures" / "cde-v2-tiny"
+    )
+)
+V2_GOLDEN_JSON = V2_TINY_CHECKPOINT / "golden.json"

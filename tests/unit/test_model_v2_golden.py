@@ -13,8 +13,7 @@ from cde_model import EmbeddingModel, load_model
 from cde_model.cde_v2 import instruction_pool_mask
 from cde_model.prompts import DOCUMENT_PREFIX, QUERY_PREFIX
 from cde_model.tokenizer_v2 import instruction_end_id
-from paths import TINY_CHECKPOINT
-from paths_v2 import V2_GOLDEN_JSON, V2_TINY_CHECKPOINT
+from support.paths import TINY_CHECKPOINT, V2_GOLDEN_JSON, V2_TINY_CHECKPOINT
 
 INVARIANCE_TOLERANCE = 1e-5
 # golden.json keys and the test that checks each; a new key must be added here.

@@ -18,10 +18,9 @@ from cde_model.cde_v2 import CDEV2Model
 from cde_model.config_v2 import MODERNBERT_BASE_SETTINGS
 from cde_model.random_checkpoint import write_random_checkpoint
 from cde_model.tokenizer_v2 import TOKENIZER_ENV
-from cde_server.cli import main
-from paths import TINY_CHECKPOINT
-from paths_v2 import V2_TINY_CHECKPOINT
+from cde_server.cli.main import main
 from safetensors.torch import load_file, save_file
+from support.paths import TINY_CHECKPOINT, V2_TINY_CHECKPOINT
 
 FIRST = "first_stage_model.embedder"
 TEXTS = ["search_query: what is cde", "search_document: x y: z", ""]
