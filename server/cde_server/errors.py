@@ -80,6 +80,14 @@ class InferenceUnavailableError(UnavailableError):
     """The inference backend (Triton) cannot be reached."""
 
 
+class ModelFailedError(InferenceUnavailableError):
+    """A Triton model's python-backend stub died: its endpoint is down until it is repaired."""
+
+    def __init__(self, message: str, *, model: str) -> None:
+        super().__init__(message)
+        self.model = model
+
+
 class DeadlineExceededError(ServiceError):
     """The work did not finish before its deadline."""
 

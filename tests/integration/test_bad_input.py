@@ -34,6 +34,7 @@ VALID = "valid input"
 EXISTING = "existing-set"
 # rows exercised elsewhere: they need server state or authentication, not a bad request
 SERVER_STATE_ROWS = {
+    "GetContextSet answer (documents, embeddings) over CDE_MAX_MESSAGE_BYTES",
     "No API key, or an unknown one (auth on)",
     "ListContextSets all_tenants without an admin key",
     "A tenant over CDE_RATE_LIMIT_RPS (retry-after trailer)",

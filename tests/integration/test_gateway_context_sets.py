@@ -14,7 +14,7 @@ from cde.v1 import embedding_service_pb2 as pb
 from cde.v1 import embedding_service_pb2_grpc as pb_grpc
 from cde_server.gateway.wire import matrix_values
 from cde_server.stores import open_store
-from support.gateway_fixtures import GatewayThread
+from support.gateway_fixtures import GatewayFactory, GatewayThread
 
 DOCUMENTS = [f"document {i} about topic {i % 3}" for i in range(40)]
 
@@ -128,3 +128,31 @@ def test_set_from_another_model_is_refused(store_gateway: GatewayThread) -> None
         rebuilt = create(stub, "foreign", DOCUMENTS[:5], replace=True)
         assert rebuilt.compatible and rebuilt.revision == 2
         stub.Embed(pb.EmbedRequest(texts=["x"], context_set="foreign"))
+
+
+def test_an_oversized_get_is_refused_with_the_real_status(
+    gateway_factory: GatewayFactory,
+) -> None:
+    limit = 1024 * 1024  # the smallest allowed
+    gateway = gateway_factory(max_message_bytes=limit, max_text_bytes=64 * 1024)
+    document = "a" * 64 * 1024  # stored once per context row: N = 16 copies are over 1 MiB
+    with grpc.insecure_channel(gateway.address) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        stub.CreateContextSet(
+            iter(
+                [
+                    pb.CreateContextSetRequest(options=pb.ContextSetOptions(name="big")),
+                    pb.CreateContextSetRequest(documents=pb.DocumentBatch(documents=[document])),
+                ]
+            )
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.GetContextSet(pb.GetContextSetRequest(name="big", include_documents=True))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "raise CDE_MAX_MESSAGE_BYTES" in (refused.value.details() or "")
+        described = stub.GetContextSet(pb.GetContextSetRequest(name="big"))
+        assert described.context_set.name == "big"
+    assert gateway.gateway is not None
+    registry = gateway.gateway.metrics.registry
+    labels = {"rpc": "GetContextSet", "code": "RESOURCE_EXHAUSTED"}
+    assert registry.get_sample_value("cde_gateway_requests_total", labels) == 1

@@ -26,6 +26,7 @@ from cde_server.triton import protocol as tp
 from cde_server.triton.launcher import TritonProcess
 from prometheus_client.parser import text_string_to_metric_families
 from support.gateway_fixtures import GatewayFactory, ignore_poller_wakeups
+from support.probes import health, wait_for
 from support.process_fixtures import GatewayProcessFactory
 from support.store_fixtures import RedisServer
 from support.triton_fixtures import tiny_triton_settings
@@ -37,25 +38,6 @@ QUERIES = ["who wrote hamlet", "capital of france", "how do vaccines work"]
 
 
 # --- helpers -------------------------------------------------------------------------------------
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
-    """Poll `condition` until true; the seconds it took (AssertionError after `timeout_s`)."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"not {what} after {timeout_s:.0f} s")
-        time.sleep(0.1)
-    return time.monotonic() - started
-
-
-def health(address: str) -> HealthStatus:
-    """The gateway's overall health status (UNKNOWN when it does not answer)."""
-    try:
-        with CdeClient(address, retry=False, timeout=3) as client:
-            return client.health()
-    except Exception:
-        return HealthStatus.UNKNOWN
-
-
 def create_request(name: str, texts: list[str]) -> Iterator[pb.CreateContextSetRequest]:
     yield pb.CreateContextSetRequest(options=pb.ContextSetOptions(name=name))
     yield pb.CreateContextSetRequest(documents=pb.DocumentBatch(documents=texts))

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from cde_server.gateway.app import Gateway
     from cde_server.gateway.settings import GatewaySettings
     from cde_server.triton.launcher import TritonProcess
+    from cde_server.triton.settings import TritonSettings
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -57,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
     from cde_server.gateway.settings import GatewaySettings
     from cde_server.triton.environment import TritonSetupError
     from cde_server.triton.launcher import TritonProcess, TritonStartError
-    from cde_server.triton.settings import TritonSettings
 
     overrides = {
         "model": args.model,
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         settings = GatewaySettings(**{k: v for k, v in overrides.items() if v is not None})
-        triton_settings = TritonSettings(model=settings.model, dtype=settings.dtype)
+        triton_settings = _embedded_triton_settings(settings)
     except ValidationError as exc:
         report("serve", f"invalid settings:\n{exc}")
         return EXIT_MISCONFIGURED
@@ -89,7 +89,12 @@ def run(args: argparse.Namespace) -> int:
                 report("serve", f"starting Triton (model {settings.model})")
                 triton = TritonProcess(triton_settings, log=_triton_log)
                 triton.start()
-                settings = settings.model_copy(update={"triton_url": triton.grpc_url})
+                settings = settings.model_copy(
+                    update={
+                        "triton_url": triton.grpc_url,
+                        "triton_secret": triton_settings.triton_secret,
+                    }
+                )
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)  # the event loop installs its own handlers
             return _run_gateway(settings, triton)
@@ -105,11 +110,34 @@ def run(args: argparse.Namespace) -> int:
             triton.stop()
 
 
+def _embedded_triton_settings(settings: GatewaySettings) -> TritonSettings:
+    """The embedded Triton: the gateway's model and dtype, a secret on every protocol (made
+    now unless CDE_TRITON_SECRET is set), HTTP and metrics endpoints off unless enabled."""
+    import os
+    import secrets
+
+    from pydantic import SecretStr
+
+    from cde_server.triton.settings import TritonSettings
+
+    closed: dict[str, Any] = {
+        name: False
+        for name in ("triton_allow_http", "triton_allow_metrics")
+        if f"CDE_{name.upper()}" not in os.environ
+    }
+    secret = settings.triton_secret or SecretStr(secrets.token_urlsafe(32))
+    return TritonSettings(
+        model=settings.model, dtype=settings.dtype, triton_secret=secret, **closed
+    )
+
+
 def _run_gateway(settings: GatewaySettings, triton: TritonProcess | None) -> int:
-    """Run the gateway until a signal (0) or until the embedded Triton dies (1)."""
+    """Run the gateway until a signal (0), or until the embedded Triton keeps dying (1)."""
     import asyncio
 
+    from cde_server.cli.lifecycle import EXIT_FAILED, EXIT_STOPPED, report
     from cde_server.gateway.app import Gateway, serve_until_signalled
+    from cde_server.triton.supervisor import TritonSupervisor
 
     async def main() -> int:
         gateway = Gateway(settings)
@@ -118,18 +146,27 @@ def _run_gateway(settings: GatewaySettings, triton: TritonProcess | None) -> int
             await asyncio.sleep(0.05)
         if server.done():
             await server  # start-up failed: raise its error
-            return 1
+            return EXIT_FAILED
         await _announce(gateway)
-        while not server.done():
-            if triton is not None and not triton.is_running():
-                print("cde serve: Triton exited unexpectedly; stopping", file=sys.stderr)
-                server.cancel()
-                await asyncio.gather(server, return_exceptions=True)
-                await gateway.stop(0)
-                return 1
-            await asyncio.wait({server}, timeout=1.0)
-        await server
-        return 0
+        if triton is None:
+            await server
+            return EXIT_STOPPED
+
+        async def rejoin() -> None:  # probe now rather than at the next health interval
+            await gateway.inference.ready()
+
+        supervision = asyncio.create_task(TritonSupervisor(triton, on_restarted=rejoin).run())
+        await asyncio.wait({server, supervision}, return_when=asyncio.FIRST_COMPLETED)
+        if server.done():
+            supervision.cancel()
+            await asyncio.gather(supervision, return_exceptions=True)
+            await server
+            return EXIT_STOPPED
+        report("serve", f"{supervision.result()}; stopping")
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
+        await gateway.stop(0)
+        return EXIT_FAILED
 
     return asyncio.run(main())
 
@@ -166,10 +203,18 @@ _CPU_ONLY_NOISE = (
 
 
 def _triton_log(line: str) -> None:
-    """Forward a Triton log line at a level read from its first letter (E, W, I)."""
+    """Forward a Triton log line at a level read from its first letter (E, W, I); the lines of
+    a crash (abort, signal, uncaught exception), which have no such prefix, at ERROR."""
     import logging
 
     level = {"E": logging.ERROR, "W": logging.WARNING}.get(line[:1], logging.DEBUG)
     if level == logging.ERROR and any(noise in line for noise in _CPU_ONLY_NOISE):
         level = logging.INFO
+    elif level == logging.DEBUG and any(sign in line for sign in _FATAL_SIGNS):
+        level = logging.ERROR
     logging.getLogger("cde_server.triton").log(level, "%s", line)
+
+
+# What tritonserver prints, without a log prefix, when it dies (seen: a paused stub makes it
+# abort with boost::interprocess::lock_exception, then "Signal (6) received.").
+_FATAL_SIGNS = ("terminate called", "what():", "Signal (", "Segmentation fault", "Aborted")

@@ -54,6 +54,9 @@ class Gateway:
             embed_path=settings.embed_path,
             observer=self.metrics,
             tls=_triton_tls(settings),
+            secret=None
+            if settings.triton_secret is None
+            else settings.triton_secret.get_secret_value(),
         )
         self.model = ServedModel(self.inference, document_prefix=BUILTIN_PROMPTS[DEFAULT_PROMPT])
         self.port = 0

@@ -12,7 +12,7 @@ from typing import Any
 from cde.v1 import embedding_service_pb2 as pb
 from cde.v1 import embedding_service_pb2_grpc as pb_grpc
 
-from cde_server.errors import InvalidArgumentError
+from cde_server.errors import InvalidArgumentError, ResourceExhaustedError
 from cde_server.gateway import wire
 from cde_server.gateway.call_scope import ActiveCall, CallScopes
 from cde_server.gateway.service import (
@@ -125,6 +125,7 @@ class GrpcEmbeddingService(pb_grpc.EmbeddingServiceServicer):
             )
             if view.embeddings is not None:
                 response.dataset_embeddings.CopyFrom(wire.matrix(view.embeddings))
+            _refuse_oversized(response, self._service.settings.max_message_bytes)
             return response
 
     async def ListContextSets(
@@ -203,6 +204,32 @@ class GrpcEmbeddingService(pb_grpc.EmbeddingServiceServicer):
                     max_context_bytes=s.max_context_bytes,
                 ),
             )
+
+
+def _refuse_oversized(response: pb.GetContextSetResponse, limit: int) -> None:
+    """RESOURCE_EXHAUSTED, with what to ask for instead, when the answer exceeds the message
+    limit (gRPC would fail it after the handler returned, counted and logged as OK)."""
+    size = response.ByteSize()
+    if size <= limit:
+        return
+    parts = [
+        name
+        for name, present in (
+            ("documents", len(response.documents) > 0),
+            ("embeddings", response.HasField("dataset_embeddings")),
+        )
+        if present
+    ]
+    advice = (
+        "ask for include_documents and include_embeddings in separate calls, or "
+        if len(parts) == 2
+        else ""
+    )
+    raise ResourceExhaustedError(
+        f"the context set with its {' and '.join(parts)} is {size} bytes, over the "
+        f"{limit}-byte message limit; {advice}raise CDE_MAX_MESSAGE_BYTES (and the client's "
+        "receive limit)"
+    )
 
 
 def embed_input(request: pb.EmbedRequest) -> EmbedInput:

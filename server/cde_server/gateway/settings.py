@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from cde_model.dtypes import Dtype
-from pydantic import Field, FilePath, field_validator, model_validator
+from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -57,6 +57,11 @@ class GatewaySettings(BaseSettings):
     )
     triton_tls_key: FilePath | None = Field(
         default=None, description="client private key (PEM) for Triton (needs the certificate)"
+    )
+    triton_secret: SecretStr | None = Field(
+        default=None,
+        description="sent to Triton on every call (header cde-triton-secret); cde serve sets "
+        "it for its embedded Triton",
     )
     triton_timeout_s: float = Field(
         default=60.0, gt=0, description="upper bound of one Triton call"

@@ -91,6 +91,11 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
               "invalid page_token; pass the next_page_token of a listing"),
     ErrorCase("Message larger than CDE_MAX_MESSAGE_BYTES", grpc.StatusCode.RESOURCE_EXHAUSTED,
               "Received message larger than max (...)"),
+    ErrorCase("GetContextSet answer (documents, embeddings) over CDE_MAX_MESSAGE_BYTES",
+              grpc.StatusCode.RESOURCE_EXHAUSTED,
+              "the context set with its documents and embeddings is 40000000 bytes, over the "
+              "33554432-byte message limit; ask for include_documents and include_embeddings "
+              "in separate calls, or raise CDE_MAX_MESSAGE_BYTES (...)"),
     ErrorCase("More than CDE_MAX_CONCURRENT_STREAMS open streams",
               grpc.StatusCode.RESOURCE_EXHAUSTED, "64 streams are open (the limit); retry later"),
     ErrorCase("No API key, or an unknown one (auth on)", grpc.StatusCode.UNAUTHENTICATED,

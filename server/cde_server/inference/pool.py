@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from cde_server.errors import DeadlineExceededError, InferenceUnavailableError
+from cde_server.errors import DeadlineExceededError, InferenceUnavailableError, ModelFailedError
 from cde_server.inference.interface import (
     ContextRef,
     Encoded,
@@ -48,6 +48,9 @@ class _Member:
     client: TritonEndpoint
     up: bool = True
     outstanding: int = 0
+    failed_model: str | None = None
+    """A model whose stub died here: repaired (reloaded) and probed by inference before the
+    endpoint takes calls again."""
 
 
 class TritonPool:
@@ -61,8 +64,10 @@ class TritonPool:
         embed_path: str = "direct",
         observer: InferenceObserver | None = None,
         tls: TritonTls | None = None,
+        secret: str | None = None,
     ) -> None:
-        """One endpoint per host:port in `urls` (distinct); all start marked up."""
+        """One endpoint per host:port in `urls` (distinct); all start marked up. `secret`: what
+        restricted Tritons require."""
         if not urls or len(set(urls)) != len(urls):
             raise ValueError(f"need distinct Triton endpoints, got {list(urls)}")
         self._timeout_s = timeout_s
@@ -76,6 +81,7 @@ class TritonPool:
                     embed_path=embed_path,
                     observer=self._observer,
                     tls=tls,
+                    secret=secret,
                 ),
             )
             for url in urls
@@ -126,8 +132,15 @@ class TritonPool:
         return any(endpoint.up for endpoint in self._endpoints)
 
     async def _served_model(self, endpoint: _Member, timeout_s: float) -> str | None:
-        """The fingerprint `endpoint` serves, or None when it is not ready (never raises)."""
+        """The fingerprint `endpoint` serves, or None when it is not ready (never raises).
+        After a stub died there, the model is reloaded and every model must answer a real
+        inference first."""
         try:
+            if endpoint.failed_model is not None:
+                await endpoint.client.reload_model(endpoint.failed_model)
+                if not await endpoint.client.probe():
+                    return None
+                endpoint.failed_model = None
             if await endpoint.client.ready(timeout_s):
                 return (await endpoint.client.model_info(timeout_s)).fingerprint
         except Exception as exc:  # a probe must not fail: the endpoint is just not ready
@@ -212,6 +225,8 @@ class TritonPool:
             except InferenceUnavailableError as exc:
                 result = "unavailable"
                 failure = exc
+                if isinstance(exc, ModelFailedError):
+                    endpoint.failed_model = exc.model
                 self._mark(endpoint, False, exc.message)
                 self._probe_soon(endpoint)
             finally:

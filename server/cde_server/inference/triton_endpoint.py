@@ -26,6 +26,7 @@ from cde_server.errors import (
     InferenceUnavailableError,
     InternalError,
     InvalidArgumentError,
+    ModelFailedError,
     ResourceExhaustedError,
     ServiceError,
 )
@@ -36,6 +37,7 @@ from cde_server.inference.ensemble_path import EnsemblePath
 from cde_server.inference.interface import (
     ContextRef,
     Encoded,
+    FloatMatrix,
     InferenceObserver,
     NullObserver,
     ServedModelInfo,
@@ -43,6 +45,9 @@ from cde_server.inference.interface import (
 from cde_server.triton import protocol as tp
 
 logger = logging.getLogger("cde_server.inference.triton_endpoint")
+
+_STUB_FAILED = "is not healthy"  # Triton: "Stub process '<model>_0_0' is not healthy."
+PROBE_CONTEXT_ID = "0" * tp.CONTEXT_ID_LENGTH  # never a real context: the stub answers a miss
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,11 @@ class TritonEndpoint:
         embed_path: str = "direct",
         observer: InferenceObserver | None = None,
         tls: TritonTls | None = None,
+        secret: str | None = None,
     ) -> None:
+        """`secret`: what a restricted Triton requires (sent with every call)."""
         self.url = url
+        self._headers = tp.secret_headers(secret)
         self._timeout_s = timeout_s
         self._observer: InferenceObserver = observer if observer is not None else NullObserver()
         self._client = triton_aio.InferenceServerClient(
@@ -107,10 +115,14 @@ class TritonEndpoint:
             (*self._path.embed_models, *self._path.context_models, tp.MODEL_INFO_MODEL)
         )
         try:
-            if not await self._client.is_server_ready(client_timeout=timeout_s):
+            if not await self._client.is_server_ready(
+                headers=self._headers, client_timeout=timeout_s
+            ):
                 return False
             for model in models:
-                if not await self._client.is_model_ready(model, client_timeout=timeout_s):
+                if not await self._client.is_model_ready(
+                    model, headers=self._headers, client_timeout=timeout_s
+                ):
                     return False
         except InferenceServerException:
             return False
@@ -132,6 +144,46 @@ class TritonEndpoint:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise InternalError(f"cde_model_info returned malformed INFO: {exc}") from exc
+
+    async def reload_model(self, model: str, timeout_s: float = 60.0) -> bool:
+        """Unload and load `model` (new stubs), then any ensemble that stopped being ready;
+        whether that worked (a Triton not in explicit model-control mode refuses)."""
+        try:
+            await self._client.unload_model(model, headers=self._headers, client_timeout=timeout_s)
+            deadline = time.monotonic() + timeout_s
+            while await self._client.is_model_ready(model, headers=self._headers):
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.1)
+            await self._client.load_model(model, headers=self._headers, client_timeout=timeout_s)
+            for ensemble in (tp.EMBED_ENSEMBLE, tp.CONTEXT_ENSEMBLE):
+                if not await self._client.is_model_ready(ensemble, headers=self._headers):
+                    await self._client.load_model(
+                        ensemble, headers=self._headers, client_timeout=timeout_s
+                    )
+        except InferenceServerException as exc:
+            logger.warning("reloading %s on %s failed: %s", model, self.url, exc)
+            return False
+        logger.warning("reloaded %s on %s", model, self.url)
+        return True
+
+    async def probe(self, timeout_s: float = 10.0) -> bool:
+        """Whether every model the gateway uses answers a real (tiny) inference: the check that
+        finds dead stubs, which Triton's readiness does not."""
+        deadline = Deadline.within(timeout_s, timeout_s)
+        probe_context = ContextRef(PROBE_CONTEXT_ID, _no_embeddings)
+        try:
+            await self.model_info(deadline.remaining())
+            await self._path.embed_context(["probe"], deadline)
+            await self._path.embed(
+                ["probe"], probe_context, deadline, max_tokens=1 << 30, allow_truncation=True
+            )
+        except _ProbeAnswered:
+            return True  # the second stage answered the cache miss: its stub is alive
+        except ServiceError as exc:
+            logger.info("probe of %s failed: %s", self.url, exc)
+            return False
+        return True
 
     # --- embedding ------------------------------------------------------------------------
     async def embed(
@@ -172,6 +224,7 @@ class TritonEndpoint:
                 model,
                 inputs,
                 outputs=[InferRequestedOutput(name) for name in outputs],
+                headers=self._headers,
                 client_timeout=timeout_s,
             )
         except InferenceServerException as exc:
@@ -188,6 +241,14 @@ class TritonEndpoint:
             self._observer.triton_call(model, time.perf_counter() - started, code)
 
 
+class _ProbeAnswered(Exception):
+    """The probe's second-stage call reached a live stub (it asked for the embeddings)."""
+
+
+async def _no_embeddings() -> FloatMatrix:
+    raise _ProbeAnswered
+
+
 def _path(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
@@ -200,6 +261,9 @@ def _status_name(exc: InferenceServerException) -> str:
 
 def _inference_error(model: str, code: str, message: str) -> ServiceError:
     """The gateway's error for a failed Triton call."""
+    if _STUB_FAILED in message:
+        logger.error("triton %s: %s", model, message)
+        return ModelFailedError(f"inference server unavailable ({model}): {message}", model=model)
     if code in ("UNAVAILABLE", "CANCELLED") or (code == "NOT_FOUND" and "model" in message):
         return InferenceUnavailableError(f"inference server unavailable ({model}): {message}")
     if code == "DEADLINE_EXCEEDED":

@@ -24,6 +24,7 @@ from types import TracebackType
 from cde_server.triton import environment as triton_env
 from cde_server.triton import protocol as triton_protocol
 from cde_server.triton.environment import TritonSetupError
+from cde_server.triton.protocol import RESTRICTED_PROTOCOLS, SECRET_HEADER, secret_headers
 from cde_server.triton.settings import TritonSettings
 
 logger = logging.getLogger("cde_server.triton")
@@ -101,6 +102,17 @@ def process_group_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(entry.name))
     return members
+
+
+SHM_GUARD_INTERVAL_S = 0.2
+
+
+def protect_shm(prefix: str) -> None:
+    """Make the shared-memory regions whose names start with `prefix` readable by us only."""
+    for path in SHM_DIR.glob(f"{prefix}*"):
+        with contextlib.suppress(OSError):
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
 
 
 def remove_stale_shm() -> None:
@@ -188,16 +200,16 @@ class TritonProcess:
             "--strict-readiness=true",
             f"--exit-timeout-secs={s.triton_exit_timeout_s}",
             f"--log-verbose={s.triton_log_verbose}",
+            # explicit: the gateway can reload a model whose stub died (unload, then load)
+            "--model-control-mode=explicit",
+            "--load-model=*",
             f"--grpc-address={s.triton_bind_address}",
             f"--grpc-port={s.triton_grpc_port}",
-            f"--http-address={s.triton_bind_address}",
-            f"--http-port={s.triton_http_port}",
-            f"--metrics-address={s.triton_bind_address}",
-            f"--metrics-port={s.triton_metrics_port}",
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
             f"--backend-config=python,shm-default-byte-size={s.triton_shm_default_bytes}",
             f"--backend-config=python,shm-growth-byte-size={s.triton_shm_growth_bytes}",
         ]
+        args += self._endpoint_args()
         if self.device == "cpu":
             args += [
                 "--model-config-name=cpu",
@@ -207,11 +219,73 @@ class TritonProcess:
             ]
         return args + list(s.triton_extra_args)
 
+    def _endpoint_args(self) -> list[str]:
+        """HTTP and metrics endpoints when allowed; the secret on every protocol group."""
+        s = self.settings
+        args = []
+        if s.triton_allow_http:
+            args += [f"--http-address={s.triton_bind_address}", f"--http-port={s.triton_http_port}"]
+        else:
+            args.append("--allow-http=false")
+        if s.triton_allow_metrics:
+            args += [
+                f"--metrics-address={s.triton_bind_address}",
+                f"--metrics-port={s.triton_metrics_port}",
+            ]
+        else:
+            args.append("--allow-metrics=false")
+        if s.triton_secret is not None:
+            restriction = (
+                f"{RESTRICTED_PROTOCOLS}:{SECRET_HEADER}={s.triton_secret.get_secret_value()}"
+            )
+            args.append(f"--grpc-restricted-protocol={restriction}")
+            if s.triton_allow_http:
+                args.append(f"--http-restricted-protocol={restriction}")
+        return args
+
+    @property
+    def _ports(self) -> list[int]:
+        s = self.settings
+        ports = [s.triton_grpc_port]
+        if s.triton_allow_http:
+            ports.append(s.triton_http_port)
+        if s.triton_allow_metrics:
+            ports.append(s.triton_metrics_port)
+        return ports
+
+    def _headers(self) -> dict[str, str] | None:
+        secret = self.settings.triton_secret
+        return secret_headers(None if secret is None else secret.get_secret_value())
+
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Start tritonserver and wait until it and all CDE models are ready."""
         if self._process is not None:
             raise RuntimeError("TritonProcess already started")
+        self.launch()
+        try:
+            self.wait_ready(self.settings.triton_startup_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def relaunch(self) -> None:
+        """After the server died: clean up what it left and launch it again (same ports and
+        secret); call wait_ready() next. Call from the thread that started it (see launch)."""
+        if self.is_running():
+            raise RuntimeError("tritonserver is still running")
+        self.stop()
+        self._process = None
+        self.launch()
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the server has exited, else None."""
+        return None if self._process is None else self._process.poll()
+
+    def launch(self) -> None:
+        """Start the tritonserver process without waiting for it (the main thread's launches
+        die with this process)."""
         s = self.settings
         model = resolve_model(s.model)
         repository = check_repository(s.triton_model_repository)
@@ -227,9 +301,7 @@ class TritonProcess:
             },
         )
         backend_dir = triton_env.prepare_backend_dir(install, s.triton_cache_dir)
-        check_ports_free(
-            s.triton_bind_address, [s.triton_grpc_port, s.triton_http_port, s.triton_metrics_port]
-        )
+        check_ports_free(s.triton_bind_address, self._ports)
         remove_stale_shm()
         cmd = self.command(install.binary, backend_dir, repository)
         logger.debug("starting %s", " ".join(cmd))
@@ -246,11 +318,8 @@ class TritonProcess:
         )
         self._reader = threading.Thread(target=self._forward_logs, name="triton-log", daemon=True)
         self._reader.start()
-        try:
-            self.wait_ready(s.triton_startup_timeout_s)
-        except BaseException:
-            self.stop()
-            raise
+        guard = threading.Thread(target=self._guard_shm, name="triton-shm", daemon=True)
+        guard.start()
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until the server and every CDE model report ready; TritonStartError otherwise."""
@@ -266,9 +335,12 @@ class TritonProcess:
                         f"tritonserver exited ({code}) during start-up:\n{self.log_tail()}"
                     )
                 with contextlib.suppress(InferenceServerException):
-                    if client.is_server_ready() and all(
-                        client.is_model_ready(m) for m in triton_protocol.ALL_MODELS
+                    headers = self._headers()
+                    if client.is_server_ready(headers=headers) and all(
+                        client.is_model_ready(m, headers=headers)
+                        for m in triton_protocol.ALL_MODELS
                     ):
+                        protect_shm(self._shm_prefix)
                         return
                 if time.monotonic() > deadline:
                     raise TritonStartError(
@@ -309,6 +381,15 @@ class TritonProcess:
         if self._process is None:
             raise RuntimeError("TritonProcess not started")
         return self._process.wait()
+
+    def _guard_shm(self) -> None:
+        """Keep this server's shared-memory regions 0600 while it runs: they carry request text
+        and the python backend creates them 0644 whatever the umask (regions appear when
+        models load, also on a reload)."""
+        process = self._process
+        while process is not None and process.poll() is None:
+            protect_shm(self._shm_prefix)
+            time.sleep(SHM_GUARD_INTERVAL_S)
 
     def _forward_logs(self) -> None:
         assert self._process is not None and self._process.stdout is not None

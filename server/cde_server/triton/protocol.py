@@ -64,6 +64,21 @@ INFO = "INFO"
 
 MAX_BATCH_ROWS = 64
 
+SECRET_HEADER = "cde-triton-secret"
+"""The key of the secret a restricted Triton requires: the HTTP header's name; gRPC calls carry
+it as metadata GRPC_SECRET_HEADER (Triton adds the prefix)."""
+GRPC_SECRET_HEADER = f"triton-grpc-protocol-{SECRET_HEADER}"
+RESTRICTED_PROTOCOLS = (
+    "health,metadata,inference,shared-memory,model-config,model-repository,statistics,trace,logging"
+)
+"""Every protocol group of Triton 2.51: all of them require the secret when one is set."""
+
+
+def secret_headers(secret: str | None) -> dict[str, str] | None:
+    """The gRPC metadata every Triton call sends (None without a secret)."""
+    return None if secret is None else {GRPC_SECRET_HEADER: secret}
+
+
 DEFAULT_CONTEXT_CACHE_BYTES = 512 * 1024 * 1024
 """Prepared-context cache budget of each `cde_second_stage` instance unless configured."""
 """Rows one request to an ensemble may carry (its max_batch_size); split larger batches."""

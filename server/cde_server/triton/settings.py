@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 from cde_model.dtypes import Dtype
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cde_server.triton.protocol import DEFAULT_CONTEXT_CACHE_BYTES
@@ -62,6 +62,17 @@ class TritonSettings(BaseSettings):
         default=4 * MiB, ge=MiB, description="python backend shared memory per stub, initial"
     )
     triton_shm_growth_bytes: int = Field(default=16 * MiB, gt=0)
+    triton_allow_http: bool = Field(
+        default=True, description="Triton's HTTP endpoint (cde serve's embedded Triton: off)"
+    )
+    triton_allow_metrics: bool = Field(
+        default=True, description="Triton's metrics endpoint (cde serve's embedded Triton: off)"
+    )
+    triton_secret: SecretStr | None = Field(
+        default=None,
+        description="required from every Triton client (header cde-triton-secret); "
+        "cde serve makes one for its embedded Triton",
+    )
     triton_extra_args: list[str] = Field(
         default_factory=list, description="appended to tritonserver's command line (JSON list)"
     )
