@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-fast lint proto bench bench-model bench-triton bench-gateway lint-deploy loadtest soak clean
+.PHONY: install run test test-fast lint proto bench bench-model bench-triton bench-gateway gpu-check-dry-run lint-deploy loadtest soak clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard proto/cde/v1/*.proto)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ bench-gateway: install
 ## One side-by-side run of every path (in-process, Triton, gateway + client), with a plot.
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python loadtest/bench_all.py
+
+## The prepared GPU check on CPU (seconds); on a GPU host run: bash loadtest/gpu_check.sh
+gpu-check-dry-run: install
+	bash loadtest/gpu_check.sh --dry-run
 
 ## Locust, headless and bounded, against a local stack (demo model unless CDE_MODEL is set).
 loadtest: install
