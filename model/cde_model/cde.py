@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from cde_model.backbone import Rotary, finish_layer, masked_mean, split_heads
 from cde_model.batching import TokenBatch
 from cde_model.checkpoint import (
-    NUM_PROMPT_ROWS,
     CDEWeights,
     build_weights,
+    checkpoint_paths,
     read_tensors,
+    soft_prompt_rows,
 )
 from cde_model.config import CDEConfig
 from cde_model.description import describe_checkpoint
@@ -79,10 +80,9 @@ class CDEModel(EmbeddingModel):
         self._rotary = Rotary.for_heads(
             config.num_heads, self._head_dim, config.rotary_base, self._device, self._dtype
         )
-        with torch.inference_mode():
-            ones = torch.ones(hidden, device=self._device, dtype=self._dtype)
-            prompt = weights.prompt_projection(ones, F.relu)
-            self._prompt_rows = prompt.reshape(NUM_PROMPT_ROWS, hidden)
+        self._prompt_rows = soft_prompt_rows(
+            weights.prompt_projection, hidden, self._device, self._dtype
+        )
 
     @classmethod
     def load(
@@ -94,12 +94,7 @@ class CDEModel(EmbeddingModel):
         token_budget: int | None = None,
     ) -> CDEModel:
         """Load a checkpoint directory in the published layout."""
-        if not directory.is_dir():
-            raise FileNotFoundError(f"checkpoint directory not found: {directory}")
-        config_path = directory / "config.json"
-        weights_path = directory / "model.safetensors"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"checkpoint config not found: {config_path}")
+        config_path, weights_path = checkpoint_paths(directory)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         config = CDEConfig.from_file(config_path)

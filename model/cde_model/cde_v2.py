@@ -22,7 +22,7 @@ from transformers import ModernBertConfig
 
 from cde_model.backbone import masked_mean
 from cde_model.batching import TokenBatch
-from cde_model.checkpoint import NUM_PROMPT_ROWS, read_tensors
+from cde_model.checkpoint import checkpoint_paths, read_tensors, soft_prompt_rows
 from cde_model.checkpoint_v2 import CDEV2Weights, build_v2_weights
 from cde_model.config_v2 import CDEV2Config
 from cde_model.description import describe_v2_checkpoint
@@ -115,10 +115,7 @@ class CDEV2Model(EmbeddingModel):
         self.info = info
         self._token_budget = token_budget
         hidden = weights.sizes.hidden
-        with torch.inference_mode():
-            ones = torch.ones(hidden, device=device, dtype=dtype)
-            prompt = weights.prompt_projection(ones, F.relu)
-            self._prompt_rows = prompt.reshape(NUM_PROMPT_ROWS, hidden)
+        self._prompt_rows = soft_prompt_rows(weights.prompt_projection, hidden, device, dtype)
 
     @classmethod
     def load(
@@ -130,12 +127,7 @@ class CDEV2Model(EmbeddingModel):
         token_budget: int | None = None,
     ) -> CDEV2Model:
         """Load a checkpoint directory in the published v2 layout."""
-        if not directory.is_dir():
-            raise FileNotFoundError(f"checkpoint directory not found: {directory}")
-        config_path = directory / "config.json"
-        weights_path = directory / "model.safetensors"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"checkpoint config not found: {config_path}")
+        config_path, weights_path = checkpoint_paths(directory)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         config = CDEV2Config.from_file(config_path)

@@ -51,6 +51,29 @@ class _Sizes:
     inner: int
 
 
+def checkpoint_paths(directory: Path) -> tuple[Path, Path]:
+    """config.json and model.safetensors of a checkpoint directory (FileNotFoundError when the
+    directory or its config is missing; read_tensors checks the weights)."""
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {directory}")
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"checkpoint config not found: {config_path}")
+    return config_path, directory / "model.safetensors"
+
+
+def soft_prompt_rows(
+    projection: Callable[[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor],
+    hidden: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The second stage's NUM_PROMPT_ROWS soft-prompt rows: the prompt projection of ones."""
+    with torch.inference_mode():
+        ones = torch.ones(hidden, device=device, dtype=dtype)
+        return projection(ones, torch.nn.functional.relu).reshape(NUM_PROMPT_ROWS, hidden)
+
+
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file, with a clear error for an unreadable one."""
     from safetensors.torch import load_file

@@ -82,12 +82,12 @@ class CDEConfig:
                     f"{source}: unsupported embedder_config {key}={backbone.get(key)!r} "
                     f"(only {required!r} is supported)"
                 )
-        num_layers = _positive_int(backbone["n_layer"], "embedder_config.n_layer", source)
+        num_layers = positive_int(backbone["n_layer"], "embedder_config.n_layer", source)
         return cls(
-            corpus_size=_positive_int(
+            corpus_size=positive_int(
                 raw.get("transductive_corpus_size", 512), "transductive_corpus_size", source
             ),
-            num_heads=_positive_int(backbone["n_head"], "embedder_config.n_head", source),
+            num_heads=positive_int(backbone["n_head"], "embedder_config.n_head", source),
             num_layers=num_layers,
             first_stage_layers=_limited(
                 num_layers, raw.get("limit_layers_first_stage"), "limit_layers_first_stage", source
@@ -98,7 +98,7 @@ class CDEConfig:
             rotary_base=float(backbone["rotary_emb_base"]),
             layer_norm_eps=float(backbone["layer_norm_epsilon"]),
             tie_token_embeddings=bool(raw.get("transductive_tie_token_embeddings", False)),
-            max_tokens=_positive_int(raw.get("max_seq_length", 512), "max_seq_length", source),
+            max_tokens=positive_int(raw.get("max_seq_length", 512), "max_seq_length", source),
         )
 
 
@@ -131,7 +131,8 @@ def _refuse_unsupported(raw: dict[str, Any], source: str) -> None:
         )
 
 
-def _positive_int(value: Any, name: str, source: str) -> int:
+def positive_int(value: Any, name: str, source: str) -> int:
+    """`value` if it is a positive int (not a bool), else ValueError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{source}: {name} must be a positive integer, got {value!r}")
     return value
@@ -141,4 +142,4 @@ def _limited(num_layers: int, limit: Any, name: str, source: str) -> int:
     """Layers kept by a `limit_layers`-style setting (null or 0 keep all, as published)."""
     if limit is None or limit == 0:
         return num_layers
-    return min(num_layers, _positive_int(limit, name, source))
+    return min(num_layers, positive_int(limit, name, source))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cde_model.config import positive_int
 from cde_model.family import read_config
 
 MODERNBERT_BASE = "answerdotai/ModernBERT-base"
@@ -109,12 +110,12 @@ class CDEV2Config:
                     f"(only {required!r} is supported)"
                 )
         for key in ("num_hidden_layers", "num_attention_heads", "local_attention"):
-            _positive_int(backbone.get(key), f"embedder_config.{key}", source)
-        _positive_int(
+            positive_int(backbone.get(key), f"embedder_config.{key}", source)
+        positive_int(
             backbone.get("global_attn_every_n_layers"), "global_attn_every_n_layers", source
         )
         return cls(
-            corpus_size=_positive_int(
+            corpus_size=positive_int(
                 raw.get("transductive_corpus_size", 512), "transductive_corpus_size", source
             ),
             pool_ignore_instruction_tokens=bool(raw.get("pool_ignore_instruction_tokens", False)),
@@ -147,9 +148,3 @@ def _refuse_unsupported(raw: dict[str, Any], source: str) -> None:
         raise ValueError(
             f"{source}: a dataset_backbone different from the embedder is not supported"
         )
-
-
-def _positive_int(value: Any, name: str, source: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{source}: {name} must be a positive integer, got {value!r}")
-    return value
