@@ -13,6 +13,7 @@ from cde_model import EmbeddingModel, load_model
 from cde_model.cde_v2 import instruction_pool_mask
 from cde_model.prompts import DOCUMENT_PREFIX, QUERY_PREFIX
 from cde_model.tokenizer_v2 import instruction_end_id
+from support.golden import assert_matches_golden, first_stage, second_stage
 from support.paths import TINY_CHECKPOINT, V2_GOLDEN_JSON, V2_TINY_CHECKPOINT
 
 INVARIANCE_TOLERANCE = 1e-5
@@ -47,29 +48,6 @@ def golden() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def model() -> EmbeddingModel:
     return load_model(str(V2_TINY_CHECKPOINT), device="cpu")
-
-
-def first_stage(model: EmbeddingModel, texts: list[str]) -> torch.Tensor:
-    return model.first_stage(*model.tokenizer.encode([DOCUMENT_PREFIX + t for t in texts]))
-
-
-def second_stage(
-    model: EmbeddingModel, texts: list[str], prefix: str, dataset_embeddings: torch.Tensor
-) -> torch.Tensor:
-    context = model.prepare_context(dataset_embeddings)
-    return model.second_stage(*model.tokenizer.encode([prefix + t for t in texts]), context)
-
-
-def assert_matches_golden(
-    actual: torch.Tensor, expected: list[list[float]], golden: dict[str, Any]
-) -> None:
-    want = np.asarray(expected, dtype=np.float64)
-    got = actual.numpy().astype(np.float64)
-    assert got.shape == want.shape
-    tolerance = golden["tolerance"]
-    assert np.abs(got - want).max() <= tolerance["max_abs"]
-    cosine = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
-    assert cosine.min() >= tolerance["min_cosine"]
 
 
 def test_every_golden_key_is_checked(golden: dict[str, Any]) -> None:
