@@ -31,7 +31,7 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,29 +190,34 @@ def bf16_comparison(fp32: EmbeddingModel, checkpoint: Path) -> list[list[str]]:
     )
     for what, batch, tokens, context_rows in cases:
         ids, mask = random_tokens(batch, tokens, seed=4)
-        outputs, speeds = [], []
-        for model in (fp32, bf16):
-            run = runner(model, ids, mask, context_rows)
-            outputs.append(run())
-            speeds.append(best_seconds(run, 2))
-        cosine = F.cosine_similarity(outputs[0], outputs[1], dim=-1)
-        # Random weights give every input a large shared component; without it the
-        # comparison shows the error relative to what distinguishes the inputs.
-        shared = outputs[0].mean(dim=0)
-        centered = F.cosine_similarity(outputs[0] - shared, outputs[1] - shared, dim=-1)
-        rows.append(
-            [
-                what,
-                str(batch),
-                str(tokens),
-                f"{batch / speeds[0]:,.1f}",
-                f"{batch / speeds[1]:,.1f}",
-                f"{speeds[0] / speeds[1]:.2f}x",
-                f"{cosine.mean():.5f} / {cosine.min():.5f}",
-                f"{centered.mean():.4f} / {centered.min():.4f}",
-            ]
-        )
+        runs = [runner(model, ids, mask, context_rows) for model in (fp32, bf16)]
+        rows.append(precision_row(what, batch, tokens, runs))
     return rows
+
+
+def precision_row(
+    what: str, batch: int, tokens: int, runs: Sequence[Callable[[], torch.Tensor]]
+) -> list[str]:
+    """Speeds of the float32 and bfloat16 runs and the cosine of their outputs, as a row."""
+    outputs, speeds = [], []
+    for run in runs:
+        outputs.append(run())
+        speeds.append(best_seconds(run, 2))
+    cosine = F.cosine_similarity(outputs[0], outputs[1], dim=-1)
+    # Random weights give every input a large shared component; without it the
+    # comparison shows the error relative to what distinguishes the inputs.
+    shared = outputs[0].mean(dim=0)
+    centered = F.cosine_similarity(outputs[0] - shared, outputs[1] - shared, dim=-1)
+    return [
+        what,
+        str(batch),
+        str(tokens),
+        f"{batch / speeds[0]:,.1f}",
+        f"{batch / speeds[1]:,.1f}",
+        f"{speeds[0] / speeds[1]:.2f}x",
+        f"{cosine.mean():.5f} / {cosine.min():.5f}",
+        f"{centered.mean():.4f} / {centered.min():.4f}",
+    ]
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

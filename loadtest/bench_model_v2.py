@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from bench_model import (
     REPO,
     Clock,
@@ -33,6 +32,7 @@ from bench_model import (
     best_seconds,
     machine_description,
     matmul_flops_per_second,
+    precision_row,
     random_tokens,
     table,
     write_section,
@@ -152,30 +152,14 @@ def bf16_comparison(fp32: EmbeddingModel, checkpoint: Path) -> list[list[str]]:
         ("stage 2 document", 4, DOCUMENT_TOKENS, True),
     ):
         ids, mask = random_tokens(batch, tokens, seed=4)
-        outputs, speeds = [], []
+        runs = []
         for model in (fp32, bf16):
             if stage2:
                 context = model.prepare_context(dataset)
-                run = functools.partial(model.second_stage, ids, mask, context)
+                runs.append(functools.partial(model.second_stage, ids, mask, context))
             else:
-                run = functools.partial(model.first_stage, ids, mask)
-            outputs.append(run())
-            speeds.append(best_seconds(run, 2))
-        cosine = F.cosine_similarity(outputs[0], outputs[1], dim=-1)
-        shared = outputs[0].mean(dim=0)
-        centered = F.cosine_similarity(outputs[0] - shared, outputs[1] - shared, dim=-1)
-        rows.append(
-            [
-                what,
-                str(batch),
-                str(tokens),
-                f"{batch / speeds[0]:,.1f}",
-                f"{batch / speeds[1]:,.1f}",
-                f"{speeds[0] / speeds[1]:.2f}x",
-                f"{cosine.mean():.5f} / {cosine.min():.5f}",
-                f"{centered.mean():.4f} / {centered.min():.4f}",
-            ]
-        )
+                runs.append(functools.partial(model.first_stage, ids, mask))
+        rows.append(precision_row(what, batch, tokens, runs))
         print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
