@@ -33,7 +33,10 @@ MIB = 1024 * 1024
 VALID = "valid input"
 EXISTING = "existing-set"
 # rows exercised elsewhere: they need server state or authentication, not a bad request
-SERVER_STATE_ROWS = {
+SERVER_STATE_ROWS = {  # tested elsewhere (tests/system/test_overload.py, ...)
+    "A message larger than its RPC can need (Embed: max_texts_per_request texts of "
+    "max_text_bytes; Get, List, Delete, prompts: 64 KiB), refused before parsing",
+    "A request stream that sends nothing for CDE_STREAM_IDLE_TIMEOUT_S",
     "GetContextSet answer (documents, embeddings) over CDE_MAX_MESSAGE_BYTES",
     "No API key, or an unknown one (auth on)",
     "ListContextSets all_tenants without an admin key",

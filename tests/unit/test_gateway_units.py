@@ -115,3 +115,10 @@ def test_matrix_round_trip() -> None:
     message = matrix(values)
     assert (message.rows, message.dim, len(message.data)) == (3, 4, 48)
     np.testing.assert_array_equal(matrix_values(message), values)
+
+
+def test_readme_shows_the_current_error_table() -> None:
+    from support.paths import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert error_table_markdown().rstrip("\n") in readme, "regenerate the README error table"

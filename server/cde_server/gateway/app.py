@@ -22,7 +22,7 @@ from cde_server.domain.prompts import BUILTIN_PROMPTS, DEFAULT_PROMPT
 from cde_server.gateway import listeners
 from cde_server.gateway.auth import Authenticator
 from cde_server.gateway.call_scope import CallScopes
-from cde_server.gateway.decoding import DecodeGuard
+from cde_server.gateway.decoding import DecodeGuard, MessageLimits
 from cde_server.gateway.grpc_service import GrpcEmbeddingService
 from cde_server.gateway.health import HealthMonitor
 from cde_server.gateway.limits import tenant_limiter
@@ -101,7 +101,14 @@ class Gateway:
             interval_s=s.health_interval_s,
         )
         server = grpc.aio.server(
-            interceptors=[DecodeGuard(calls, counted_services=[SERVICE_NAME])],
+            interceptors=[
+                DecodeGuard(
+                    calls,
+                    counted_services=[SERVICE_NAME],
+                    limits=message_limits(s),
+                    idle_timeout_s=s.stream_idle_timeout_s,
+                )
+            ],
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
@@ -186,6 +193,26 @@ async def serve_until_signalled(gateway: Gateway) -> None:
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
         await gateway.stop()
+
+
+SMALL_REQUEST_BYTES = 64 * 1024
+"""Requests that carry only names, tokens and flags (Get, List, Delete, prompts, model info)."""
+
+
+def message_limits(settings: GatewaySettings) -> MessageLimits:
+    """The largest message a valid request of each RPC can need, at most CDE_MAX_MESSAGE_BYTES:
+    Embed (and each EmbedStream item) holds up to max_texts_per_request texts of
+    max_text_bytes; CreateContextSet batches may fill a message."""
+    texts = settings.max_texts_per_request * (settings.max_text_bytes + 16) + SMALL_REQUEST_BYTES
+    embed = min(texts, settings.max_message_bytes)
+    return MessageLimits(
+        by_rpc={
+            "Embed": embed,
+            "EmbedStream": embed,
+            "CreateContextSet": settings.max_message_bytes,
+        },
+        default=min(SMALL_REQUEST_BYTES, settings.max_message_bytes),
+    )
 
 
 def _triton_tls(settings: GatewaySettings) -> TritonTls | None:

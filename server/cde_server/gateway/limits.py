@@ -107,11 +107,16 @@ class TenantLimiter:
 
 
 def tenant_limiter(settings: GatewaySettings, authenticator: Authenticator) -> TenantLimiter:
-    """The limiter of a gateway: CDE_ settings, overridden per tenant by the keys file."""
+    """The limiter of a gateway: CDE_ settings, overridden per tenant by the keys file. With
+    authentication on, no tenant may hold more than a quarter of the stream slots by default,
+    so that one tenant's idle streams cannot lock the others out."""
+    max_streams = settings.max_streams_per_tenant
+    if max_streams == 0 and authenticator.enabled:
+        max_streams = max(1, settings.max_concurrent_streams // 4)
     base = Limits(
         rate_rps=settings.rate_limit_rps,
         burst=settings.rate_limit_burst,
-        max_streams=settings.max_streams_per_tenant,
+        max_streams=max_streams,
     )
     return TenantLimiter(lambda tenant: base.with_overrides(authenticator.tenant_limits(tenant)))
 

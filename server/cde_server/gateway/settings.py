@@ -107,6 +107,11 @@ class GatewaySettings(BaseSettings):
         ge=1,
         description="items of one EmbedStream processed concurrently (flow control)",
     )
+    stream_idle_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a request stream that sends nothing this long is closed (DEADLINE_EXCEEDED)",
+    )
 
     # --- security (README "Security") ---------------------------------------------------------
     api_keys_file: Path | None = Field(
@@ -139,7 +144,10 @@ class GatewaySettings(BaseSettings):
         default=0, ge=0, description="bucket size per tenant (0: the rate, at least 1)"
     )
     max_streams_per_tenant: int = Field(
-        default=0, ge=0, description="streaming calls one tenant may have open (0: no limit)"
+        default=0,
+        ge=0,
+        description="streaming calls one tenant may have open (0: no limit with auth off, "
+        "a quarter of CDE_MAX_CONCURRENT_STREAMS with auth on)",
     )
 
     @model_validator(mode="after")

@@ -96,6 +96,15 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
               "the context set with its documents and embeddings is 40000000 bytes, over the "
               "33554432-byte message limit; ask for include_documents and include_embeddings "
               "in separate calls, or raise CDE_MAX_MESSAGE_BYTES (...)"),
+    ErrorCase("A message larger than its RPC can need (Embed: max_texts_per_request texts of "
+              "max_text_bytes; Get, List, Delete, prompts: 64 KiB), refused before parsing",
+              grpc.StatusCode.RESOURCE_EXHAUSTED,
+              "an Embed message of 31457282 bytes; the limit is 17895424 (what a valid request "
+              "can need)"),
+    ErrorCase("A request stream that sends nothing for CDE_STREAM_IDLE_TIMEOUT_S",
+              grpc.StatusCode.DEADLINE_EXCEEDED,
+              "the request stream sent nothing for 60 s (CDE_STREAM_IDLE_TIMEOUT_S); it was "
+              "closed"),
     ErrorCase("More than CDE_MAX_CONCURRENT_STREAMS open streams",
               grpc.StatusCode.RESOURCE_EXHAUSTED, "64 streams are open (the limit); retry later"),
     ErrorCase("No API key, or an unknown one (auth on)", grpc.StatusCode.UNAUTHENTICATED,
