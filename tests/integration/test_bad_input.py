@@ -37,6 +37,9 @@ SERVER_STATE_ROWS = {  # tested elsewhere (tests/system/test_overload.py, ...)
     "A message larger than its RPC can need (Embed: max_texts_per_request texts of "
     "max_text_bytes; Get, List, Delete, prompts: 64 KiB), refused before parsing",
     "A request stream that sends nothing for CDE_STREAM_IDLE_TIMEOUT_S",
+    "Work beyond CDE_MAX_TEXTS_IN_FLIGHT with CDE_MAX_QUEUED_TEXTS already waiting "
+    "(retry-after trailer)",
+    "The caller's deadline passed while its call waited for capacity",
     "GetContextSet answer (documents, embeddings) over CDE_MAX_MESSAGE_BYTES",
     "No API key, or an unknown one (auth on)",
     "ListContextSets all_tenants without an admin key",

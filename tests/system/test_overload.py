@@ -132,3 +132,58 @@ def test_with_auth_on_one_tenant_gets_a_quarter_of_the_stream_slots() -> None:
     assert tenant_limiter(settings, keyed).limits_of("acme").max_streams == 16
     open_server = tenant_limiter(settings, Authenticator(None))
     assert open_server.limits_of("").max_streams == 0  # auth off: only the server-wide cap
+
+
+def test_a_flood_is_refused_early_and_another_tenant_still_gets_through(
+    gateway_process_factory: GatewayProcessFactory,
+) -> None:
+    flooder, other = generate_key(), generate_key()
+    gateway = gateway_process_factory(
+        api_keys=f"flood:{hash_key(flooder)},other:{hash_key(other)}",
+        max_texts_in_flight=64,
+        max_queued_texts=256,
+    )
+    texts = ["lorem ipsum dolor sit amet " * 40] * 64
+    outcomes: list[tuple[str, float]] = []
+    lock = threading.Lock()
+
+    def flood_call(stub: pb_grpc.EmbeddingServiceStub) -> None:
+        started = time.monotonic()
+        try:
+            stub.Embed(
+                pb.EmbedRequest(texts=texts),
+                metadata=(("authorization", f"Bearer {flooder}"),),
+                timeout=120,
+            )
+            code = "OK"
+        except grpc.RpcError as error:
+            code = error.code().name
+        with lock:
+            outcomes.append((code, time.monotonic() - started))
+
+    with grpc.insecure_channel(gateway.address) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        other_metadata = (("authorization", f"Bearer {other}"),)
+        stub.Embed(pb.EmbedRequest(texts=["warm up"]), metadata=other_metadata, timeout=60)
+        solo_started = time.monotonic()
+        stub.Embed(pb.EmbedRequest(texts=["alone"]), metadata=other_metadata, timeout=60)
+        solo_s = time.monotonic() - solo_started
+        threads = [threading.Thread(target=flood_call, args=(stub,)) for _ in range(30)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        stub.Embed(pb.EmbedRequest(texts=["during the flood"]), metadata=other_metadata, timeout=60)
+        during_s = time.monotonic() - started
+        for thread in threads:
+            thread.join()
+    refused = [seconds for code, seconds in outcomes if code == "RESOURCE_EXHAUSTED"]
+    served = [seconds for code, seconds in outcomes if code == "OK"]
+    print(
+        f"flood: {len(served)} served, {len(refused)} refused (slowest refusal "
+        f"{max(refused, default=0):.3f} s); other tenant's 1-text Embed {solo_s:.3f} s alone, "
+        f"{during_s:.3f} s during the flood"
+    )
+    assert refused and max(refused) < 1.0
+    assert {code for code, _ in outcomes} <= {"OK", "RESOURCE_EXHAUSTED"}
+    assert during_s < max(served) * 0.75  # far from waiting for the whole flood

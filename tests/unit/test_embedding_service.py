@@ -13,6 +13,7 @@ from cde_server.errors import (
     InvalidArgumentError,
     PermissionDeniedError,
 )
+from cde_server.gateway.admission import FairAdmission
 from cde_server.gateway.call_scope import ActiveCall
 from cde_server.gateway.limits import Limits, TenantLimiter
 from cde_server.gateway.metrics import GatewayMetrics
@@ -84,6 +85,7 @@ async def service_with(
         model=model or ServedModel(inference, document_prefix="search_document: "),
         metrics=GatewayMetrics(),
         limiter=TenantLimiter(lambda _tenant: Limits()),
+        admission=FairAdmission(capacity=1000, max_queued=1000),
     )
 
 

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from cde_server.domain.prompts import BUILTIN_PROMPTS, DEFAULT_PROMPT
 from cde_server.gateway import listeners
+from cde_server.gateway.admission import FairAdmission
 from cde_server.gateway.auth import Authenticator
 from cde_server.gateway.call_scope import CallScopes
 from cde_server.gateway.decoding import DecodeGuard, MessageLimits
@@ -91,6 +92,11 @@ class Gateway:
             model=self.model,
             metrics=self.metrics,
             limiter=limiter,
+            admission=FairAdmission(
+                s.max_texts_in_flight,
+                s.max_queued_texts,
+                on_refused=self.metrics.rejections.labels("capacity").inc,
+            ),
         )
         self._health = HealthMonitor(
             inference=self.inference,

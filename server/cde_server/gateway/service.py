@@ -28,6 +28,7 @@ from cde_server.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from cde_server.gateway.admission import FairAdmission
 from cde_server.gateway.call_scope import ActiveCall
 from cde_server.gateway.limits import TenantLimiter
 from cde_server.gateway.metrics import GatewayMetrics
@@ -102,8 +103,10 @@ class EmbeddingService:
         model: ServedModel,
         metrics: GatewayMetrics,
         limiter: TenantLimiter,
+        admission: FairAdmission,
     ) -> None:
         self.settings = settings
+        self._admission = admission
         self._inference = inference
         self._store = store
         self._model = model
@@ -122,20 +125,20 @@ class EmbeddingService:
     # --- embedding ------------------------------------------------------------------------
     async def embed(self, call: ActiveCall, request: EmbedInput) -> EmbedResult:
         """Validate, resolve prompt and context, run the second stage, normalize."""
-        timeout_s = call.timeout_s()
         texts = self._checked_texts(request.texts)
         prompt = await self._prompts_of(call).resolve(request.prompt)
         info = await self._model.info()
         context, revision = await self._context(
             request.context_set, info.fingerprint, self._store_of(call)
         )
-        encoded = await self._inference.embed(
-            [prompt.apply(text) for text in texts],
-            context,
-            max_tokens=info.max_tokens,
-            allow_truncation=request.truncate,
-            timeout_s=timeout_s,
-        )
+        async with self._admission.admit(call.tenant, len(texts), call.deadline):
+            encoded = await self._inference.embed(
+                [prompt.apply(text) for text in texts],
+                context,
+                max_tokens=info.max_tokens,
+                allow_truncation=request.truncate,
+                timeout_s=call.timeout_s(),
+            )
         self._metrics.embedded("second", len(texts), int(encoded.token_counts.sum()))
         vectors = encoded.vectors
         if request.normalize:
@@ -210,7 +213,7 @@ class EmbeddingService:
         documents, sampling = context_sets.sample_documents(
             collector.documents, info.corpus_size, seed
         )
-        embeddings = await self._embed_documents([prompt.apply(d) for d in documents])
+        embeddings = await self._embed_documents(call, [prompt.apply(d) for d in documents])
         record = context_sets.build_context_set(
             name=name,
             prompt=prompt.name,
@@ -232,10 +235,11 @@ class EmbeddingService:
                 f'context set "{name}" already exists; use replace to rebuild it'
             )
 
-    async def _embed_documents(self, documents: Sequence[str]) -> FloatMatrix:
+    async def _embed_documents(self, call: ActiveCall, documents: Sequence[str]) -> FloatMatrix:
         """Stage-1 embeddings, each distinct document computed once (oversampling repeats)."""
         unique = list(dict.fromkeys(documents))
-        encoded = await self._inference.embed_context(unique)
+        async with self._admission.admit(call.tenant, len(unique), call.deadline):
+            encoded = await self._inference.embed_context(unique, timeout_s=call.timeout_s())
         self._metrics.embedded("first", len(unique), int(encoded.token_counts.sum()))
         row_of = {document: row for row, document in enumerate(unique)}
         return encoded.vectors[[row_of[document] for document in documents]]

@@ -107,6 +107,16 @@ class GatewaySettings(BaseSettings):
         ge=1,
         description="items of one EmbedStream processed concurrently (flow control)",
     )
+    max_texts_in_flight: int = Field(
+        default=512,
+        ge=1,
+        description="texts (and context documents) with Triton at once; more wait, by tenant",
+    )
+    max_queued_texts: int = Field(
+        default=16384,
+        ge=0,
+        description="texts waiting for capacity; beyond it calls are refused at once",
+    )
     stream_idle_timeout_s: float = Field(
         default=60.0,
         gt=0,
