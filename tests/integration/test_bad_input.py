@@ -37,6 +37,7 @@ SERVER_STATE_ROWS = {  # tested elsewhere (tests/system/test_overload.py, ...)
     "A message larger than its RPC can need (Embed: max_texts_per_request texts of "
     "max_text_bytes; Get, List, Delete, prompts: 64 KiB), refused before parsing",
     "A request stream that sends nothing for CDE_STREAM_IDLE_TIMEOUT_S",
+    "30 failed authentications from one address within 10 s (retry-after trailer)",
     "Work beyond CDE_MAX_TEXTS_IN_FLIGHT with CDE_MAX_QUEUED_TEXTS already waiting "
     "(retry-after trailer)",
     "The caller's deadline passed while its call waited for capacity",

@@ -4,6 +4,7 @@ tenant cannot hold every stream slot when auth is on."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -187,3 +188,17 @@ def test_a_flood_is_refused_early_and_another_tenant_still_gets_through(
     assert refused and max(refused) < 1.0
     assert {code for code, _ in outcomes} <= {"OK", "RESOURCE_EXHAUSTED"}
     assert during_s < max(served) * 0.75  # far from waiting for the whole flood
+
+
+def test_connections_without_a_handshake_are_closed(
+    gateway_process_factory: GatewayProcessFactory,
+) -> None:
+    gateway = gateway_process_factory(handshake_timeout_s=1)
+    host, port = gateway.address.rsplit(":", 1)
+    sockets = [socket.create_connection((host, int(port)), timeout=10) for _ in range(50)]
+    started = time.monotonic()
+    for connection in sockets:
+        with connection:
+            while connection.recv(4096):  # the server's SETTINGS, then end of stream
+                pass
+    assert time.monotonic() - started < 8

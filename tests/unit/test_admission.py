@@ -79,3 +79,19 @@ def test_a_call_larger_than_the_capacity_runs_alone() -> None:
             assert admission.in_flight == 50
 
     asyncio.run(scenario())
+
+
+def test_an_address_that_keeps_failing_authentication_is_blocked_for_a_while() -> None:
+    from cde_server.gateway.limits import FailedAuthThrottle
+
+    now = [0.0]
+    throttle = FailedAuthThrottle(max_failures=3, window_s=10, block_s=5, clock=lambda: now[0])
+    for _ in range(3):
+        throttle.check("ipv4:10.0.0.1:4000")
+        throttle.failed("ipv4:10.0.0.1:4000")
+    with pytest.raises(ResourceExhaustedError) as blocked:
+        throttle.check("ipv4:10.0.0.1:5000")  # another port of the same address
+    assert blocked.value.retry_after == 5
+    throttle.check("ipv4:10.0.0.2:4000")  # other addresses are not affected
+    now[0] = 6.0
+    throttle.check("ipv4:10.0.0.1:4000")

@@ -121,6 +121,8 @@ class Gateway:
                 ("grpc.so_reuseport", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                # a connection that never completes its HTTP/2 handshake is closed
+                ("grpc.server_handshake_timeout_ms", int(s.handshake_timeout_s * 1000)),
             ],
         )
         pb_grpc.add_EmbeddingServiceServicer_to_server(

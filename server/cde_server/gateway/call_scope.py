@@ -21,7 +21,7 @@ import grpc
 
 from cde_server.errors import ResourceExhaustedError, UnauthenticatedError
 from cde_server.gateway.auth import Authenticator
-from cde_server.gateway.limits import Limits, TenantLimiter
+from cde_server.gateway.limits import FailedAuthThrottle, Limits, TenantLimiter
 from cde_server.gateway.metrics import GatewayMetrics
 from cde_server.gateway.request_log import REQUEST_ID_HEADER, current_request_id, request_id_from
 from cde_server.gateway.status import status_of
@@ -70,6 +70,13 @@ class CallScope:
         call = self._call
         self._token = current_request_id.set(call.request_id)
         self._rpc_context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
+        peer = str(self._rpc_context.peer() or "")
+        try:
+            self._scopes.auth_throttle.check(peer)
+        except ResourceExhaustedError as exc:
+            self._scopes.rejected("auth_throttle")
+            await self.__aexit__(type(exc), exc, exc.__traceback__)  # aborts: raises AbortError
+            raise  # not reached
         try:
             principal = self._scopes.authenticator.authenticate(
                 self._rpc_context.invocation_metadata()
@@ -77,6 +84,8 @@ class CallScope:
             call.tenant, call.admin = principal.tenant, principal.admin
             self._scopes.limiter.admit(call.tenant)
         except (UnauthenticatedError, ResourceExhaustedError) as exc:
+            if isinstance(exc, UnauthenticatedError):
+                self._scopes.auth_throttle.failed(peer)
             reason = "unauthenticated" if isinstance(exc, UnauthenticatedError) else "rate_limit"
             self._scopes.rejected(reason)
             await self.__aexit__(type(exc), exc, exc.__traceback__)  # aborts: raises AbortError
@@ -123,6 +132,7 @@ class CallScopes:
         self._metrics = metrics
         self.authenticator = authenticator or Authenticator(None)
         self.limiter = limiter or TenantLimiter(lambda _tenant: Limits())
+        self.auth_throttle = FailedAuthThrottle()
 
     def rejected(self, reason: str) -> None:
         """Count a call refused before its work (unauthenticated, rate or stream limit)."""

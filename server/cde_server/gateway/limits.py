@@ -123,3 +123,47 @@ def tenant_limiter(settings: GatewaySettings, authenticator: Authenticator) -> T
 
 def _who(tenant: str) -> str:
     return f'tenant "{tenant}"' if tenant else "this server"
+
+
+@dataclass
+class FailedAuthThrottle:
+    """Refuses callers from an address that failed authentication `max_failures` times within
+    `window_s`, for `block_s` (RESOURCE_EXHAUSTED with retry-after): guessing keys is slow."""
+
+    max_failures: int = 30
+    window_s: float = 10.0
+    block_s: float = 10.0
+    clock: Callable[[], float] = time.monotonic
+    _failures: dict[str, list[float]] = field(default_factory=dict)
+    _blocked_until: dict[str, float] = field(default_factory=dict)
+
+    def check(self, peer: str) -> None:
+        """RESOURCE_EXHAUSTED while `peer` is blocked."""
+        until = self._blocked_until.get(address_of(peer))
+        if until is None:
+            return
+        left = until - self.clock()
+        if left <= 0:
+            del self._blocked_until[address_of(peer)]
+            return
+        raise ResourceExhaustedError(
+            f"too many failed authentications from this address; retry in {left:.1f} s",
+            retry_after=left,
+        )
+
+    def failed(self, peer: str) -> None:
+        """Record one failed authentication of `peer`."""
+        address, now = address_of(peer), self.clock()
+        recent = [t for t in self._failures.get(address, []) if now - t < self.window_s]
+        recent.append(now)
+        if len(recent) >= self.max_failures:
+            self._blocked_until[address] = now + self.block_s
+            recent = []
+        self._failures[address] = recent
+        if len(self._failures) > 10_000:  # bounded memory under a spread-out attack
+            self._failures = {a: f for a, f in self._failures.items() if f}
+
+
+def address_of(peer: str) -> str:
+    """The address of a gRPC peer string ("ipv4:1.2.3.4:5678" → "ipv4:1.2.3.4")."""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer

@@ -117,6 +117,11 @@ class GatewaySettings(BaseSettings):
         ge=0,
         description="texts waiting for capacity; beyond it calls are refused at once",
     )
+    handshake_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a connection that has not completed its TLS/HTTP2 handshake by then is closed",
+    )
     stream_idle_timeout_s: float = Field(
         default=60.0,
         gt=0,
