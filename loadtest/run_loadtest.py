@@ -171,7 +171,8 @@ def wait_until_ready(process: subprocess.Popen[str], timeout_s: float, log: Path
         except queue.Empty:
             break
         if line is None:
-            raise RuntimeError(f"cde serve exited with {process.wait()}; see {log}")
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+            raise RuntimeError(f"cde serve exited with {process.wait()}; {log} ends:\n{tail}")
         if "gateway ready" in line:
             return
     raise RuntimeError(f"cde serve not ready after {timeout_s:.0f} s; see {log}")

@@ -38,8 +38,8 @@ SERVER_STATE_ROWS = {  # tested elsewhere (tests/system/test_overload.py, ...)
     "max_text_bytes; Get, List, Delete, prompts: 64 KiB), refused before parsing",
     "A request stream that sends nothing for CDE_STREAM_IDLE_TIMEOUT_S",
     "30 failed authentications from one address within 10 s (retry-after trailer)",
-    "Work beyond CDE_MAX_TEXTS_IN_FLIGHT with CDE_MAX_QUEUED_TEXTS already waiting "
-    "(retry-after trailer)",
+    "Work beyond CDE_MAX_TEXTS_IN_FLIGHT while CDE_MAX_QUEUED_TEXTS of the tenant's "
+    "already wait (retry-after trailer)",
     "The caller's deadline passed while its call waited for capacity",
     "GetContextSet answer (documents, embeddings) over CDE_MAX_MESSAGE_BYTES",
     "No API key, or an unknown one (auth on)",

@@ -217,4 +217,11 @@ def _triton_log(line: str) -> None:
 
 # What tritonserver prints, without a log prefix, when it dies (seen: a paused stub makes it
 # abort with boost::interprocess::lock_exception, then "Signal (6) received.").
-_FATAL_SIGNS = ("terminate called", "what():", "Signal (", "Segmentation fault", "Aborted")
+_FATAL_SIGNS = (
+    "terminate called",
+    "what():",
+    "Signal (6)",
+    "Signal (11)",
+    "Segmentation fault",
+    "Aborted",
+)

@@ -3,10 +3,11 @@
 Work is counted in texts (or context documents). At most `capacity` are with Triton at once;
 calls beyond it wait in their tenant's queue, and freed capacity goes to the tenants' queues in
 turn (round robin), so one tenant's flood delays another tenant's small call by the work
-already in flight, not by the flood. A call waits at most until its own deadline. When the
-queues already hold `max_queued` texts, a call is refused at once with RESOURCE_EXHAUSTED and
-a retry hint. Hand-written: it is a few lines of bookkeeping over asyncio futures, and the
-limiter libraries at hand neither count work in texts nor share by tenant.
+already in flight, not by the flood. A call waits at most until its own deadline. When its
+tenant's queue already holds `max_queued` texts, a call is refused at once with
+RESOURCE_EXHAUSTED and a retry hint (another tenant's calls still queue). Hand-written: it is a
+few lines of bookkeeping over asyncio futures, and the limiter libraries at hand neither count
+work in texts nor share by tenant.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class _Waiter:
 
 
 class FairAdmission:
-    """Texts in flight at most `capacity` (a larger call runs alone); fair queues behind it."""
+    """Texts in flight at most `capacity` (a larger call runs alone); fair queues behind it,
+    each of at most `max_queued` texts."""
 
     def __init__(
         self, capacity: int, max_queued: int, on_refused: Callable[[], None] | None = None
@@ -43,6 +45,7 @@ class FairAdmission:
         self._on_refused = on_refused
         self.in_flight = 0
         self.queued = 0
+        self._queued_by_tenant: dict[str, int] = {}
         self._queues: OrderedDict[str, deque[_Waiter]] = OrderedDict()
 
     @contextlib.asynccontextmanager
@@ -62,17 +65,18 @@ class FairAdmission:
         if not self._queues and self._fits(texts):
             self.in_flight += texts
             return
-        if self.queued + texts > self.max_queued:
+        tenant_queued = self._queued_by_tenant.get(tenant, 0)
+        if tenant_queued + texts > self.max_queued:
             if self._on_refused is not None:
                 self._on_refused()
             raise ResourceExhaustedError(
-                f"the server is at capacity ({self.in_flight} texts in flight, {self.queued} "
-                "queued); retry shortly",
+                f"the server is at capacity ({self.in_flight} texts in flight, {tenant_queued} "
+                "of yours queued); retry shortly",
                 retry_after=1.0,
             )
         waiter = _Waiter(texts)
         self._queues.setdefault(tenant, deque()).append(waiter)
-        self.queued += texts
+        self._count_queued(tenant, texts)
         timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         try:
             await asyncio.wait_for(asyncio.shield(waiter.ready), timeout)
@@ -93,6 +97,14 @@ class FairAdmission:
                 self._withdraw(tenant, waiter)
             raise
 
+    def _count_queued(self, tenant: str, texts: int) -> None:
+        self.queued += texts
+        left = self._queued_by_tenant.get(tenant, 0) + texts
+        if left:
+            self._queued_by_tenant[tenant] = left
+        else:
+            self._queued_by_tenant.pop(tenant, None)
+
     def _fits(self, texts: int) -> bool:
         return self.in_flight == 0 or self.in_flight + texts <= self.capacity
 
@@ -100,7 +112,7 @@ class FairAdmission:
         queue = self._queues.get(tenant)
         if queue is not None and waiter in queue:
             queue.remove(waiter)
-            self.queued -= waiter.texts
+            self._count_queued(tenant, -waiter.texts)
             if not queue:
                 del self._queues[tenant]
 
@@ -112,7 +124,7 @@ class FairAdmission:
             if not self._fits(waiter.texts):
                 return
             queue.popleft()
-            self.queued -= waiter.texts
+            self._count_queued(tenant, -waiter.texts)
             self.in_flight += waiter.texts
             waiter.ready.set_result(None)
             del self._queues[tenant]

@@ -115,7 +115,8 @@ class GatewaySettings(BaseSettings):
     max_queued_texts: int = Field(
         default=16384,
         ge=0,
-        description="texts waiting for capacity; beyond it calls are refused at once",
+        description="texts one tenant may have waiting for capacity; beyond it its calls are "
+        "refused at once",
     )
     handshake_timeout_s: float = Field(
         default=10.0,

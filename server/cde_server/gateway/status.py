@@ -105,9 +105,10 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
               grpc.StatusCode.DEADLINE_EXCEEDED,
               "the request stream sent nothing for 60 s (CDE_STREAM_IDLE_TIMEOUT_S); it was "
               "closed"),
-    ErrorCase("Work beyond CDE_MAX_TEXTS_IN_FLIGHT with CDE_MAX_QUEUED_TEXTS already waiting "
-              "(retry-after trailer)", grpc.StatusCode.RESOURCE_EXHAUSTED,
-              "the server is at capacity (512 texts in flight, 16384 queued); retry shortly"),
+    ErrorCase("Work beyond CDE_MAX_TEXTS_IN_FLIGHT while CDE_MAX_QUEUED_TEXTS of the tenant's "
+              "already wait (retry-after trailer)", grpc.StatusCode.RESOURCE_EXHAUSTED,
+              "the server is at capacity (512 texts in flight, 16384 of yours queued); retry "
+              "shortly"),
     ErrorCase("The caller's deadline passed while its call waited for capacity",
               grpc.StatusCode.DEADLINE_EXCEEDED,
               "the deadline passed while the call waited for capacity"),
