@@ -160,6 +160,7 @@ def test_gateway_prompts_are_the_golden_prefixes(v2_client: CdeClient) -> None:
 def test_gateway_context_set_reproduces_golden(v2_client: CdeClient, case: ContextCase) -> None:
     context_set = v2_client.get_context_set(case.texts_key, include_embeddings=True)
     assert context_set.sampling == "exact"  # 16 documents for N = 16: kept in their order
+    assert context_set.dataset_embeddings is not None
     assert_matches_golden(context_set.dataset_embeddings, case.embeddings_key, "gateway")
 
 
