@@ -213,6 +213,7 @@ def model_info(response: pb.GetModelInfoResponse) -> ModelInfo:
             max_context_documents=int(limits.max_context_documents),
             max_concurrent_streams=int(limits.max_concurrent_streams),
         ),
+        family=response.family,
     )
 
 

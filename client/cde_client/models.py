@@ -88,6 +88,9 @@ class ModelInfo:
     max_tokens: int
     dtype: str
     limits: Limits
+    family: str = ""
+    """Model family: "v1" (cde-small-v1), "v2" (cde-small-v2) or "demo"; "" from a server that
+    does not report it."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,11 +16,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 INSTRUCTION_END = ": "  # prompts end in it; its first token (the bare ":") ends the instruction
 
 
-def v2_tokenizer_file(directory: Path) -> Path:
-    """`tokenizer.json` of the checkpoint directory, else of `$CDE_TOKENIZER`; else a
-    FileNotFoundError that says which files to copy from where."""
+def v2_tokenizer_file(directory: Path, tokenizer_dir: str | Path | None = None) -> Path:
+    """`tokenizer.json` of the checkpoint directory, else of `tokenizer_dir` (default
+    `$CDE_TOKENIZER`); else a FileNotFoundError that says which files to copy from where."""
     candidates = [directory / "tokenizer.json"]
-    override = os.environ.get(TOKENIZER_ENV)
+    override = tokenizer_dir if tokenizer_dir is not None else os.environ.get(TOKENIZER_ENV)
     if override:
         candidates.append(Path(override) / "tokenizer.json")
     for candidate in candidates:

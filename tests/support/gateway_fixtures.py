@@ -4,7 +4,8 @@ Each gateway is a real grpc.aio server on a free port, run on its own event loop
 background thread of the test process (fast to start and restart). Fixtures:
 - `gateway_factory`: start gateways with setting overrides; `restart()` keeps the port and store;
 - `gateway`: the session's gateway on SQLite; `stub` a sync EmbeddingService stub for it;
-- `store_gateway`: a fresh gateway per test, parametrized over SQLite and Redis (`store_url`).
+- `store_gateway`: a fresh gateway per test, parametrized over SQLite and Redis (`store_url`);
+- `v2_gateway`: the session's gateway (SQLite) in front of `v2_triton_process` (cde-small-v2).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 from cde.v1 import embedding_service_pb2_grpc as pb_grpc
 from cde_server.gateway.app import Gateway
 from cde_server.gateway.settings import GatewaySettings
+from cde_server.triton.launcher import TritonProcess
 
 T = TypeVar("T")
 START_TIMEOUT_S = 60.0
@@ -153,3 +155,17 @@ def stub(gateway: GatewayThread) -> Iterator[pb_grpc.EmbeddingServiceStub]:
 def store_gateway(store_url: str, gateway_factory: GatewayFactory) -> GatewayThread:
     """A gateway on a fresh store; parametrized over SQLite and Redis."""
     return gateway_factory(store_url)
+
+
+@pytest.fixture(scope="session")
+def v2_gateway(
+    v2_triton_process: TritonProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayThread]:
+    """A gateway (SQLite store) in front of the cde-small-v2 Triton, started on first use."""
+    store = tmp_path_factory.mktemp("v2-gateway-store") / "store.db"
+    thread = GatewayThread(gateway_settings(v2_triton_process.grpc_url, f"sqlite://{store}"))
+    thread.start()
+    try:
+        yield thread
+    finally:
+        thread.close()

@@ -2,7 +2,10 @@
 
 Registered in tests/conftest.py (`pytest_plugins`). Fixtures:
 - `triton_process`: the session's started `TritonProcess` (stopped at the end of the session);
-- `triton_grpc_url`: its gRPC address, host:port.
+- `triton_grpc_url`: its gRPC address, host:port;
+- `v2_triton_process`: a second one serving the cde-small-v2 tiny checkpoint, started only when
+  a test asks for it (same model names; the family comes from the checkpoint); its tokenizer
+  comes from the `tokenizer` setting, as for the published snapshot.
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ import pytest
 from cde_server.triton.launcher import TritonProcess, free_ports
 from cde_server.triton.settings import TritonSettings
 
-__all__ = ["TINY_CHECKPOINT", "free_ports", "tiny_triton_settings"]
+__all__ = ["TINY_CHECKPOINT", "V2_TINY_CHECKPOINT", "free_ports", "tiny_triton_settings"]
 
-from support.paths import TINY_CHECKPOINT
+from support.paths import TINY_CHECKPOINT, V2_TINY_CHECKPOINT
+from support.v2_golden import copy_without_tokenizer
 
 
 def tiny_triton_settings(cache_dir: Path, **overrides: object) -> TritonSettings:
-    """Settings for a CPU Triton serving the tiny checkpoint on free ports."""
+    """Settings for a CPU Triton serving the tiny checkpoint on free ports (`model=` for
+    another)."""
     grpc_port, http_port, metrics_port = free_ports(3)
     values: dict[str, object] = {
         "model": str(TINY_CHECKPOINT),
@@ -49,3 +54,18 @@ def triton_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonP
 def triton_grpc_url(triton_process: TritonProcess) -> str:
     """host:port of the session's tritonserver gRPC endpoint."""
     return triton_process.grpc_url
+
+
+@pytest.fixture(scope="session")
+def v2_triton_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
+    """A started tritonserver serving the cde-small-v2 tiny checkpoint (CPU configs), laid out
+    as the published snapshot is: a copy without tokenizer files, whose tokenizer comes from
+    the `tokenizer` setting (CDE_TOKENIZER). Same model name and fingerprint as the fixture."""
+    snapshot = copy_without_tokenizer(tmp_path_factory.mktemp("v2-snapshot"))
+    settings = tiny_triton_settings(
+        tmp_path_factory.mktemp("triton-v2-cache"),
+        model=str(snapshot),
+        tokenizer=V2_TINY_CHECKPOINT,
+    )
+    with TritonProcess(settings) as process:
+        yield process

@@ -22,9 +22,11 @@ from cde_server.triton.handlers.adapter import (
 from cde_server.triton.handlers.context_cache import ContextCache
 from cde_server.triton.handlers.first_stage import FirstStageHandler
 from cde_server.triton.handlers.heap import HeapTrimmer
+from cde_server.triton.handlers.model_info import ModelInfoHandler
 from cde_server.triton.handlers.second_stage import SecondStageHandler
 from cde_server.triton.handlers.tokenize import TokenizeHandler
 from support.paths import TINY_CHECKPOINT as TINY
+from support.paths import V2_TINY_CHECKPOINT
 
 Array = npt.NDArray[Any]
 
@@ -317,3 +319,20 @@ def test_heap_trimmer_trims_at_most_once_per_interval() -> None:
     assert calls == [0, 0]
     assert HeapTrimmer().available  # glibc here: the real malloc_trim is found and callable
     HeapTrimmer(0.0).after_batch()
+
+
+@pytest.mark.parametrize(
+    ("model_path", "family"), [(str(TINY), "v1"), (str(V2_TINY_CHECKPOINT), "v2"), ("demo", "demo")]
+)
+def test_model_info_reports_the_family(model_path: str, family: str) -> None:
+    from cde_server.inference.interface import ServedModelInfo
+
+    handler = ModelInfoHandler.from_parameters(
+        {"model_path": model_path, "dtype": "float32", "device_kind": "cpu"}
+    )
+    [result] = handler.run([{tp.REQUEST: np.array([b"info"], dtype=np.object_)}])
+    assert isinstance(result, dict)
+    info = ServedModelInfo.from_json(result[tp.INFO][0])
+    assert info.family == family
+    older = {k: v for k, v in json.loads(result[tp.INFO][0]).items() if k != "family"}
+    assert ServedModelInfo.from_json(json.dumps(older).encode()).family == ""  # older repository

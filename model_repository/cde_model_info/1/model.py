@@ -1,7 +1,14 @@
 """cde_model_info: Triton's python-backend entry points around `ModelInfoHandler`."""
 
-from cde_server.triton.handlers.adapter import PythonBackendModel
-from cde_server.triton.handlers.model_info import ModelInfoHandler
+import os
+import sys
+
+# The stub's embedded Python ignores PYTHONPATH: honour it, so a source checkout on it wins over
+# an installed copy of cde-serve (as it does in the launcher's own process).
+sys.path[:0] = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+
+from cde_server.triton.handlers.adapter import PythonBackendModel  # noqa: E402
+from cde_server.triton.handlers.model_info import ModelInfoHandler  # noqa: E402
 
 
 class TritonPythonModel(PythonBackendModel):

@@ -1,7 +1,14 @@
 """cde_second_stage: Triton's python-backend entry points around `SecondStageHandler`."""
 
-from cde_server.triton.handlers.adapter import PythonBackendModel
-from cde_server.triton.handlers.second_stage import SecondStageHandler
+import os
+import sys
+
+# The stub's embedded Python ignores PYTHONPATH: honour it, so a source checkout on it wins over
+# an installed copy of cde-serve (as it does in the launcher's own process).
+sys.path[:0] = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+
+from cde_server.triton.handlers.adapter import PythonBackendModel  # noqa: E402
+from cde_server.triton.handlers.second_stage import SecondStageHandler  # noqa: E402
 
 
 class TritonPythonModel(PythonBackendModel):

@@ -39,6 +39,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="prefix prompt for the inputs: query, document (default), classification, clustering",
     )
     parser.add_argument(
+        "--no-prompt",
+        action="store_true",
+        help="embed the lines as they are, with no prefix (overrides --prompt)",
+    )
+    parser.add_argument(
         "--no-normalize", action="store_true", help="write raw instead of L2-normalized vectors"
     )
     parser.add_argument("--batch-size", type=int, default=64, help="texts per model call")
@@ -72,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 def _encode(args: argparse.Namespace) -> None:
     from cde_model.prompts import prompt_prefix
 
-    prefix = prompt_prefix(args.prompt)
+    prefix = "" if args.no_prompt else prompt_prefix(args.prompt)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     texts = read_lines(args.input_file)

@@ -28,6 +28,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument("--model", help='checkpoint directory or "demo" (CDE_MODEL, demo)')
     parser.add_argument("--dtype", choices=DTYPES, help="(CDE_DTYPE)")
+    parser.add_argument(
+        "--tokenizer",
+        help="directory with tokenizer.json, for a cde-small-v2 snapshot that has none "
+        "(CDE_TOKENIZER)",
+    )
     parser.add_argument("--host", help="listen address (CDE_HOST, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="gRPC port (CDE_PORT, 50051)")
     parser.add_argument("--store", help="sqlite:///path or redis://host:port/db (CDE_STORE)")
@@ -70,7 +75,14 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         settings = GatewaySettings(**{k: v for k, v in overrides.items() if v is not None})
+<<<<<<< HEAD
         triton_settings = _embedded_triton_settings(settings)
+=======
+        triton_overrides: dict[str, Any] = {"model": settings.model, "dtype": settings.dtype}
+        if args.tokenizer is not None:
+            triton_overrides["tokenizer"] = args.tokenizer
+        triton_settings = TritonSettings(**triton_overrides)
+>>>>>>> v2serve
     except ValidationError as exc:
         report("serve", f"invalid settings:\n{exc}")
         return EXIT_MISCONFIGURED
@@ -183,6 +195,13 @@ async def _announce(gateway: Gateway) -> None:
         print("cde serve: not SERVING yet (Triton or the store is unreachable)", file=sys.stderr)
     address = gateway.address
     print(f"cde serve: gateway ready on {address}", flush=True)
+    info = gateway.model.cached_info
+    if info is not None:
+        print(
+            f"  model: {info.name} (family {info.family or 'unknown'}, N={info.corpus_size}, "
+            f"{info.dtype} on {info.device}, fingerprint {info.fingerprint[:12]})",
+            flush=True,
+        )
     for line in gateway.security_summary():
         print(f"  {line}", flush=True)
     if gateway.settings.tls_cert is None and not gateway.authenticator.enabled:

@@ -25,6 +25,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("--model", help='checkpoint directory or "demo" (CDE_MODEL)')
     parser.add_argument("--dtype", choices=DTYPES, help="(CDE_DTYPE)")
     parser.add_argument(
+        "--tokenizer",
+        help="directory with tokenizer.json, for a cde-small-v2 snapshot that has none "
+        "(CDE_TOKENIZER)",
+    )
+    parser.add_argument(
         "--device", choices=["auto", "cpu", "gpu"], help="instance kind (CDE_TRITON_DEVICE)"
     )
     parser.add_argument("--grpc-port", type=int, help="(CDE_TRITON_GRPC_PORT, 8001)")
@@ -64,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {
         "model": args.model,
         "dtype": args.dtype,
+        "tokenizer": args.tokenizer,
         "triton_device": args.device,
         "triton_grpc_port": args.grpc_port,
         "triton_http_port": args.http_port,

@@ -195,6 +195,7 @@ class GrpcEmbeddingService(pb_grpc.EmbeddingServiceServicer):
                 context_size=info.corpus_size,
                 max_tokens=info.max_tokens,
                 dtype=info.dtype,
+                family=info.family,
                 limits=pb.Limits(
                     max_texts_per_request=s.max_texts_per_request,
                     max_text_bytes=s.max_text_bytes,

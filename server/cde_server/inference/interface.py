@@ -30,6 +30,9 @@ class ServedModelInfo:
     max_tokens: int
     dtype: str
     device: str
+    family: str = ""
+    """"v1" (cde-small-v1), "v2" (cde-small-v2) or "demo"; "" when the Triton model repository
+    predates the field."""
 
     @classmethod
     def from_json(cls, data: bytes) -> ServedModelInfo:
@@ -43,6 +46,7 @@ class ServedModelInfo:
             max_tokens=int(fields["max_tokens"]),
             dtype=str(fields["dtype"]),
             device=str(fields["device"]),
+            family=str(fields.get("family", "")),
         )
 
 

@@ -45,7 +45,10 @@ class ServedModel:
         info = await self._inference.model_info()
         if self._info is not None and info.fingerprint != self._info.fingerprint:
             logger.warning(
-                "Triton now serves model %s (fingerprint %s)", info.name, info.fingerprint[:12]
+                "Triton now serves model %s (family %s, fingerprint %s)",
+                info.name,
+                info.family or "unknown",
+                info.fingerprint[:12],
             )
         self._info = info
         for fingerprint in [f for f in self._default if f != info.fingerprint]:

@@ -130,8 +130,19 @@ def server_environment(install: TritonInstall, extra: dict[str, str]) -> dict[st
     env["LD_LIBRARY_PATH"] = os.pathsep.join(library_path)
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", os.defpath)])
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = absolute_search_path(env["PYTHONPATH"])
     env.update(extra)
     return env
+
+
+def absolute_search_path(search_path: str) -> str:
+    """`search_path` (PYTHONPATH) with relative entries made absolute: the stubs run in another
+    working directory, where `PYTHONPATH=server:...` would silently find nothing (and an
+    installed copy of the package would be imported instead)."""
+    return os.pathsep.join(
+        str(Path(entry).resolve()) if entry else entry for entry in search_path.split(os.pathsep)
+    )
 
 
 def has_gpu() -> bool:

@@ -29,6 +29,8 @@ from cde_server.triton.settings import TritonSettings
 
 logger = logging.getLogger("cde_server.triton")
 
+TOKENIZER_ENV = "CDE_TOKENIZER"
+"""Read by the stubs (cde_model.tokenizer_v2): where a v2 checkpoint's tokenizer.json lives."""
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "cde_triton_"
 """Our python-backend shared memory regions are named cde_triton_<launcher pid>_<n>_..."""
@@ -51,6 +53,38 @@ def resolve_model(model: str) -> str:
     if not (path / "config.json").is_file():
         raise TritonSetupError(f"not a CDE checkpoint (no config.json): {path}")
     return str(path.resolve())
+
+
+def resolve_tokenizer(tokenizer: Path | None) -> str | None:
+    """The tokenizer directory the stubs get (`CDE_TOKENIZER`), absolute; None when unset."""
+    if tokenizer is None:
+        return None
+    path = tokenizer.expanduser()
+    if not path.is_dir():
+        raise TritonSetupError(f"tokenizer directory not found: {tokenizer} (CDE_TOKENIZER)")
+    return str(path.resolve())
+
+
+def check_tokenizer(model: str, tokenizer: str | None) -> None:
+    """TritonSetupError, before anything starts, when a cde-small-v2 checkpoint has no
+    tokenizer.json beside it nor in `tokenizer` (the message says which files to copy)."""
+    if model == "demo":
+        return
+    from cde_model.family import V2, model_family, read_config
+    from cde_model.tokenizer_v2 import v2_tokenizer_file
+
+    directory = Path(model)
+    try:
+        family = model_family(read_config(directory / "config.json"))
+    except ValueError as exc:
+        raise TritonSetupError(str(exc)) from exc
+    if family != V2:
+        return
+    try:
+        # "" (not None): the stubs get no CDE_TOKENIZER but this one, so the check ignores it too
+        v2_tokenizer_file(directory, tokenizer if tokenizer is not None else "")
+    except FileNotFoundError as exc:
+        raise TritonSetupError(str(exc)) from exc
 
 
 def check_repository(repository: Path) -> Path:
@@ -288,6 +322,8 @@ class TritonProcess:
         die with this process)."""
         s = self.settings
         model = resolve_model(s.model)
+        tokenizer = resolve_tokenizer(s.tokenizer)
+        check_tokenizer(model, tokenizer)
         repository = check_repository(s.triton_model_repository)
         install = triton_env.pytriton_install(s.triton_binary)
         triton_env.check_install(install)
@@ -300,6 +336,10 @@ class TritonProcess:
                 "CDE_TOKEN_BUDGET": str(s.token_budget),
             },
         )
+        # The settings decide the stubs' tokenizer directory, not a stray CDE_TOKENIZER.
+        env.pop(TOKENIZER_ENV, None)
+        if tokenizer is not None:
+            env[TOKENIZER_ENV] = tokenizer
         backend_dir = triton_env.prepare_backend_dir(install, s.triton_cache_dir)
         check_ports_free(s.triton_bind_address, self._ports)
         remove_stale_shm()

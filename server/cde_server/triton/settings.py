@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 from cde_model.dtypes import Dtype
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cde_server.triton.protocol import DEFAULT_CONTEXT_CACHE_BYTES
@@ -31,6 +31,11 @@ class TritonSettings(BaseSettings):
 
     model: str = Field(default="demo", description='checkpoint directory, or "demo"')
     dtype: Dtype = Field(default="float32", description="float16 on GPU only")
+    tokenizer: Path | None = Field(
+        default=None,
+        description="directory with tokenizer.json for a checkpoint that ships none "
+        "(cde-small-v2: answerdotai/ModernBERT-base's files)",
+    )
     context_cache_bytes: int = Field(
         default=DEFAULT_CONTEXT_CACHE_BYTES,
         gt=0,
@@ -76,6 +81,12 @@ class TritonSettings(BaseSettings):
     triton_extra_args: list[str] = Field(
         default_factory=list, description="appended to tritonserver's command line (JSON list)"
     )
+
+    @field_validator("tokenizer", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """CDE_TOKENIZER="" means no tokenizer directory (not the current one)."""
+        return None if value == "" else value
 
     @property
     def grpc_url(self) -> str:

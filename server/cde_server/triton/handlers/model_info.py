@@ -1,4 +1,5 @@
-"""cde_model_info: what the repository serves (name, fingerprint, sizes, dtype, device kind)."""
+"""cde_model_info: what the repository serves (name, family, fingerprint, sizes, dtype, device
+kind)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class ModelInfoHandler:
         return cls(
             {
                 "name": info.name,
+                "family": info.family,
                 "fingerprint": info.fingerprint,
                 "hidden_size": info.hidden_size,
                 "corpus_size": info.corpus_size,
