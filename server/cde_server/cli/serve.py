@@ -75,14 +75,7 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         settings = GatewaySettings(**{k: v for k, v in overrides.items() if v is not None})
-<<<<<<< HEAD
-        triton_settings = _embedded_triton_settings(settings)
-=======
-        triton_overrides: dict[str, Any] = {"model": settings.model, "dtype": settings.dtype}
-        if args.tokenizer is not None:
-            triton_overrides["tokenizer"] = args.tokenizer
-        triton_settings = TritonSettings(**triton_overrides)
->>>>>>> v2serve
+        triton_settings = _embedded_triton_settings(settings, args.tokenizer)
     except ValidationError as exc:
         report("serve", f"invalid settings:\n{exc}")
         return EXIT_MISCONFIGURED
@@ -122,9 +115,10 @@ def run(args: argparse.Namespace) -> int:
             triton.stop()
 
 
-def _embedded_triton_settings(settings: GatewaySettings) -> TritonSettings:
-    """The embedded Triton: the gateway's model and dtype, a secret on every protocol (made
-    now unless CDE_TRITON_SECRET is set), HTTP and metrics endpoints off unless enabled."""
+def _embedded_triton_settings(settings: GatewaySettings, tokenizer: str | None) -> TritonSettings:
+    """The embedded Triton: the gateway's model and dtype (and `tokenizer` when given), a secret
+    on every protocol (made now unless CDE_TRITON_SECRET is set), HTTP and metrics endpoints off
+    unless enabled."""
     import os
     import secrets
 
@@ -132,14 +126,16 @@ def _embedded_triton_settings(settings: GatewaySettings) -> TritonSettings:
 
     from cde_server.triton.settings import TritonSettings
 
-    closed: dict[str, Any] = {
+    overrides: dict[str, Any] = {
         name: False
         for name in ("triton_allow_http", "triton_allow_metrics")
         if f"CDE_{name.upper()}" not in os.environ
     }
+    if tokenizer is not None:
+        overrides["tokenizer"] = tokenizer
     secret = settings.triton_secret or SecretStr(secrets.token_urlsafe(32))
     return TritonSettings(
-        model=settings.model, dtype=settings.dtype, triton_secret=secret, **closed
+        model=settings.model, dtype=settings.dtype, triton_secret=secret, **overrides
     )
 
 
