@@ -47,10 +47,15 @@ def test_over_the_queue_bound_calls_are_refused_at_once_with_a_hint() -> None:
             await asyncio.sleep(0)
             started = time.monotonic()
             with pytest.raises(ResourceExhaustedError) as refused:
-                async with admission.admit("b", 1):
+                async with admission.admit("a", 1):
                     pass
             assert time.monotonic() - started < 0.1
             assert refused.value.retry_after is not None
+            other = asyncio.create_task(admission.admit("b", 1).__aenter__())
+            await asyncio.sleep(0)
+            assert admission.queued == 5  # another tenant still queues
+            other.cancel()
+            await asyncio.gather(other, return_exceptions=True)
             waiting.cancel()
             await asyncio.gather(waiting, return_exceptions=True)
         assert admission.in_flight == 0 and admission.queued == 0
