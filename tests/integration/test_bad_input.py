@@ -33,7 +33,9 @@ MIB = 1024 * 1024
 VALID = "valid input"
 EXISTING = "existing-set"
 # rows exercised elsewhere: they need server state or authentication, not a bad request
-SERVER_STATE_ROWS = {
+SERVER_STATE_ROWS = {  # covered by tests that build that state (see the revision tests)
+    "A pinned (name@N) or activated revision that was pruned, deleted or never made",
+    "DeleteContextSet of the active revision alone (name@N)",
     "GetContextSet answer (documents, embeddings) over CDE_MAX_MESSAGE_BYTES",
     "No API key, or an unknown one (auth on)",
     "ListContextSets all_tenants without an admin key",
@@ -166,6 +168,14 @@ CASES: dict[str, Case] = {
     "embed unknown context set": Case(
         "small", lambda t: t.stub.Embed(pb.EmbedRequest(texts=["a"], context_set="nope")),
         Code.NOT_FOUND, 'context set "nope" not found', "Unknown context set (Embed, Get, Delete)"),
+    "embed invalid context set revision": Case(
+        "small", lambda t: t.stub.Embed(pb.EmbedRequest(texts=["a"], context_set="docs@x")),
+        Code.INVALID_ARGUMENT, "invalid context set revision 'x' in docs@x",
+        "Invalid revision in a context set reference (name@N)"),
+    "embed revision zero": Case(
+        "small", lambda t: t.stub.Embed(pb.EmbedRequest(texts=["a"], context_set="docs@0")),
+        Code.INVALID_ARGUMENT, "invalid context set revision '0'",
+        "Invalid revision in a context set reference (name@N)"),
     "embed invalid prompt name": Case(
         "small", lambda t: t.stub.Embed(pb.EmbedRequest(texts=["a"], prompt="a b")),
         Code.INVALID_ARGUMENT, "invalid prompt name 'a b'", "Invalid context set or prompt name"),
