@@ -30,6 +30,7 @@ from cde_client.errors import (
 from cde_client.models import (
     ContextSampling,
     ContextSet,
+    ContextSetRevision,
     EmbedResult,
     HealthStatus,
     Limits,
@@ -50,6 +51,7 @@ __all__ = [
     "CdeError",
     "ContextSampling",
     "ContextSet",
+    "ContextSetRevision",
     "DeadlineExceeded",
     "EmbedResult",
     "FailedPrecondition",

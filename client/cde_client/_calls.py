@@ -87,6 +87,10 @@ LIST_CONTEXT_SETS: Rpc[pb.ListContextSetsRequest, pb.ListContextSetsResponse] = 
 DELETE_CONTEXT_SET: Rpc[pb.DeleteContextSetRequest, pb.DeleteContextSetResponse] = _method(
     "DeleteContextSet", U, pb.DeleteContextSetResponse, idempotent=False
 )
+# Activating the revision that is already active is a no-op: safe to retry.
+ACTIVATE_CONTEXT_SET: Rpc[pb.ActivateContextSetRequest, pb.ActivateContextSetResponse] = _method(
+    "ActivateContextSet", U, pb.ActivateContextSetResponse, idempotent=True
+)
 LIST_PROMPTS: Rpc[pb.ListPromptsRequest, pb.ListPromptsResponse] = _method(
     "ListPrompts", U, pb.ListPromptsResponse, idempotent=True
 )
@@ -152,6 +156,7 @@ ALL_RPCS: tuple[Rpc[Any, Any], ...] = (
     GET_CONTEXT_SET,
     LIST_CONTEXT_SETS,
     DELETE_CONTEXT_SET,
+    ACTIVATE_CONTEXT_SET,
     LIST_PROMPTS,
     PUT_PROMPT,
     DELETE_PROMPT,

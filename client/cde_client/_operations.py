@@ -57,6 +57,7 @@ PUBLIC = (
     "get_context_set",
     "list_context_sets",
     "delete_context_set",
+    "activate_context_set",
     "list_prompts",
     "put_prompt",
     "delete_prompt",
@@ -222,6 +223,7 @@ def create_context_set(
     documents: Documents,
     *,
     replace: bool = False,
+    activate: bool = True,
     prompt: str | None = None,
     seed: int | None = None,
     progress: bool = False,
@@ -232,7 +234,9 @@ def create_context_set(
     `documents` is read lazily, so it may be a generator over a large file. The server
     keeps a seeded sample of exactly the model's context size (oversampling a small
     corpus); `ContextSet.sampling` says which happened. `replace`: replace an existing
-    set atomically (else AlreadyExists). `prompt`: prompt of the context documents
+    set with a new revision (else AlreadyExists); `activate=False` builds it beside the
+    active one (embed with "name@revision", then `activate_context_set`); a new set's first
+    revision is always active. `prompt`: prompt of the context documents
     (None: "document"). `seed`: sampling seed (None: 42). `progress`: show a progress bar
     (tqdm if installed, else lines on stderr). `timeout`: seconds for the whole upload
     and build (None: no limit). Not retried automatically.
@@ -243,7 +247,9 @@ def create_context_set(
     total = len(documents) if isinstance(documents, Sized) else None
     bar = open_progress(progress, total, f"context set {name}")
     try:
-        options = conversions.context_set_options(name, replace=replace, prompt=prompt, seed=seed)
+        options = conversions.context_set_options(
+            name, replace=replace, prompt=prompt, seed=seed, activate=activate
+        )
         source = RequestSource(documents, DocumentEncoder(options, info, bar))
         response = yield SendStream(calls.CREATE_CONTEXT_SET, source, timeout)
     finally:
@@ -259,7 +265,8 @@ def get_context_set(
     include_embeddings: bool = False,
     timeout: float | None = None,
 ) -> Flow[ContextSet]:
-    """Describe the context set `name`, optionally with its documents and dataset embeddings."""
+    """Describe the context set `name` (its active revision; "name@N": revision N) and list
+    its retained revisions, optionally with the documents and dataset embeddings."""
     request = pb.GetContextSetRequest(
         name=name, include_documents=include_documents, include_embeddings=include_embeddings
     )
@@ -295,9 +302,20 @@ def list_context_sets(
 
 
 def delete_context_set(core: ClientCore, name: str, *, timeout: float | None = None) -> Flow[None]:
-    """Delete the context set `name` (NotFound if there is none)."""
+    """Delete the context set `name`, or one inactive revision as "name@N" (NotFound if there
+    is none; FailedPrecondition for the active revision: activate another first)."""
     request = pb.DeleteContextSetRequest(name=name)
     yield from _unary(core, calls.DELETE_CONTEXT_SET, request, timeout)
+
+
+def activate_context_set(
+    core: ClientCore, name: str, revision: int, *, timeout: float | None = None
+) -> Flow[ContextSet]:
+    """Make the retained `revision` the one that `name` serves, atomically for every gateway
+    (NotFound if it was pruned or deleted)."""
+    request = pb.ActivateContextSetRequest(name=name, revision=revision)
+    response = yield from _unary(core, calls.ACTIVATE_CONTEXT_SET, request, timeout)
+    return conversions.context_set(response.context_set)
 
 
 # --- prompts and service info -------------------------------------------------------------

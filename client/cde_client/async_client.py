@@ -259,6 +259,7 @@ class AsyncCdeClient(ClientBase):
         documents: Iterable[str] | AsyncIterable[str],
         *,
         replace: bool = False,
+        activate: bool = True,
         prompt: str | None = None,
         seed: int | None = None,
         progress: bool = False,
@@ -269,7 +270,9 @@ class AsyncCdeClient(ClientBase):
         `documents` is read lazily, so it may be a generator over a large file. The server
         keeps a seeded sample of exactly the model's context size (oversampling a small
         corpus); `ContextSet.sampling` says which happened. `replace`: replace an existing
-        set atomically (else AlreadyExists). `prompt`: prompt of the context documents
+        set with a new revision (else AlreadyExists); `activate=False` builds it beside the
+        active one (embed with "name@revision", then `activate_context_set`); a new set's first
+        revision is always active. `prompt`: prompt of the context documents
         (None: "document"). `seed`: sampling seed (None: 42). `progress`: show a progress bar
         (tqdm if installed, else lines on stderr). `timeout`: seconds for the whole upload
         and build (None: no limit). Not retried automatically.
@@ -280,6 +283,7 @@ class AsyncCdeClient(ClientBase):
                 name,
                 documents,
                 replace=replace,
+                activate=activate,
                 prompt=prompt,
                 seed=seed,
                 progress=progress,
@@ -295,7 +299,9 @@ class AsyncCdeClient(ClientBase):
         include_embeddings: bool = False,
         timeout: float | None = None,
     ) -> ContextSet:
-        """Describe the context set `name`, optionally with its documents and dataset embeddings."""
+        """Describe the context set `name` (its active revision; "name@N": revision N) and list
+        its retained revisions, optionally with the documents and dataset embeddings.
+        """
         return await self._run(
             _ops.get_context_set(
                 self._core,
@@ -333,11 +339,32 @@ class AsyncCdeClient(ClientBase):
         *,
         timeout: float | None = None,
     ) -> None:
-        """Delete the context set `name` (NotFound if there is none)."""
+        """Delete the context set `name`, or one inactive revision as "name@N" (NotFound if there
+        is none; FailedPrecondition for the active revision: activate another first).
+        """
         return await self._run(
             _ops.delete_context_set(
                 self._core,
                 name,
+                timeout=timeout,
+            )
+        )
+
+    async def activate_context_set(
+        self,
+        name: str,
+        revision: int,
+        *,
+        timeout: float | None = None,
+    ) -> ContextSet:
+        """Make the retained `revision` the one that `name` serves, atomically for every gateway
+        (NotFound if it was pruned or deleted).
+        """
+        return await self._run(
+            _ops.activate_context_set(
+                self._core,
+                name,
+                revision,
                 timeout=timeout,
             )
         )

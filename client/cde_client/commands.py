@@ -39,7 +39,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         required=True,
         help='documents: .txt (one per line), .jsonl (strings or {"text": ...}), - for stdin',
     )
-    create.add_argument("--replace", action="store_true", help="replace an existing set")
+    create.add_argument(
+        "--replace", action="store_true", help="add a new revision to an existing set"
+    )
+    create.add_argument(
+        "--no-activate",
+        dest="activate",
+        action="store_false",
+        help="build the new revision beside the active one (use NAME@N, then `context activate`)",
+    )
     create.add_argument("--prompt", help='prompt of the context documents (default "document")')
     create.add_argument("--seed", type=int, help="sampling seed (default 42)")
     create.add_argument(
@@ -57,17 +65,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     listing.set_defaults(func=run, handler=_context_list)
 
-    show = context_commands.add_parser("show", parents=[connection], help="describe a context set")
-    show.add_argument("name")
+    show = context_commands.add_parser(
+        "show", parents=[connection], help="describe a context set and list its revisions"
+    )
+    show.add_argument("name", help="NAME (the active revision) or NAME@N")
     show.add_argument("--documents", action="store_true", help="also print the sampled documents")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(func=run, handler=_context_show)
 
     delete = context_commands.add_parser(
-        "delete", parents=[connection], help="delete a context set"
+        "delete", parents=[connection], help="delete a context set, or one inactive revision"
     )
-    delete.add_argument("name")
+    delete.add_argument("name", help="NAME (the whole set) or NAME@N (one inactive revision)")
     delete.set_defaults(func=run, handler=_context_delete)
+
+    activate = context_commands.add_parser(
+        "activate", parents=[connection], help="make a retained revision the one NAME serves"
+    )
+    activate.add_argument("name")
+    activate.add_argument("revision", type=int, help="revision number")
+    activate.set_defaults(func=run, handler=_context_activate)
 
     prompt = subparsers.add_parser("prompt", help="manage prefix prompts")
     prompt_commands = prompt.add_subparsers(dest="prompt_command", required=True, metavar="ACTION")
@@ -140,6 +157,7 @@ def _context_create(client: CdeClient, args: argparse.Namespace) -> int:
         args.name,
         read_documents(args.file),
         replace=args.replace,
+        activate=args.activate,
         prompt=args.prompt,
         seed=args.seed,
         progress=progress,
@@ -148,6 +166,13 @@ def _context_create(client: CdeClient, args: argparse.Namespace) -> int:
         f"created {context_set.name} revision {context_set.revision}: "
         f"{context_set.source_document_count} documents → {context_set.context_size} "
         f"({context_set.sampling})"
+        + (
+            ""
+            if context_set.active_revision == context_set.revision
+            else f"; not active (revision {context_set.active_revision} is): use "
+            f"{context_set.name}@{context_set.revision}, then `cde context activate "
+            f"{context_set.name} {context_set.revision}`"
+        )
     )
     return 0
 
@@ -183,11 +208,37 @@ def _context_show(client: CdeClient, args: argparse.Namespace) -> int:
     if args.json:
         if context_set.documents is not None:
             record["documents"] = list(context_set.documents)
+        record["revisions"] = [
+            {
+                "revision": r.revision,
+                "created": r.create_time.isoformat(),
+                "source_documents": r.source_document_count,
+                "sampling": str(r.sampling),
+                "context_id": r.context_id,
+                "active": r.active,
+            }
+            for r in context_set.revisions
+        ]
         print(json.dumps(record, indent=2))
         return 0
     width = max(map(len, record))
     for key, value in record.items():
         print(f"{key:<{width}}  {value}")
+    if context_set.revisions:
+        print("revisions:")
+        rows = [("", "REVISION", "CREATED", "DOCUMENTS", "SAMPLING", "CONTEXT ID")]
+        rows += [
+            (
+                "*" if r.active else "",
+                str(r.revision),
+                r.create_time.strftime("%Y-%m-%d %H:%M:%S"),
+                str(r.source_document_count),
+                str(r.sampling),
+                r.context_id,
+            )
+            for r in context_set.revisions
+        ]
+        _print_table(rows)
     for document in context_set.documents or ():
         print(f"  {_snippet(document)}")
     return 0
@@ -196,6 +247,12 @@ def _context_show(client: CdeClient, args: argparse.Namespace) -> int:
 def _context_delete(client: CdeClient, args: argparse.Namespace) -> int:
     client.delete_context_set(args.name)
     print(f"deleted {args.name}")
+    return 0
+
+
+def _context_activate(client: CdeClient, args: argparse.Namespace) -> int:
+    context_set = client.activate_context_set(args.name, args.revision)
+    print(f"activated {context_set.name} revision {context_set.revision}")
     return 0
 
 
@@ -339,6 +396,7 @@ def _context_set_json(context_set: ContextSet) -> dict[str, Any]:
     return {
         "name": context_set.name,
         "revision": context_set.revision,
+        "active_revision": context_set.active_revision,
         "created": context_set.create_time.isoformat(),
         "source_documents": context_set.source_document_count,
         "context_size": context_set.context_size,

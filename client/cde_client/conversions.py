@@ -14,6 +14,7 @@ from cde_client.errors import CdeError, InconsistentResult, ProtocolError, error
 from cde_client.models import (
     ContextSampling,
     ContextSet,
+    ContextSetRevision,
     EmbedResult,
     FloatMatrix,
     HealthStatus,
@@ -86,12 +87,14 @@ def embed_request(
 
 
 def context_set_options(
-    name: str, *, replace: bool, prompt: str | None, seed: int | None
+    name: str, *, replace: bool, prompt: str | None, seed: int | None, activate: bool = True
 ) -> pb.CreateContextSetRequest:
     """The first message of a CreateContextSet stream."""
     options = pb.ContextSetOptions(name=name, replace=replace, prompt=prompt or "")
     if seed is not None:
         options.seed = seed
+    if not activate:
+        options.activate = False
     return pb.CreateContextSetRequest(options=options)
 
 
@@ -160,6 +163,7 @@ def context_set(
     *,
     documents: Sequence[str] | None = None,
     dataset_embeddings: FloatMatrix | None = None,
+    revisions: Sequence[ContextSetRevision] = (),
 ) -> ContextSet:
     """The user view of a ContextSet message (plus the optional documents/embeddings)."""
     return ContextSet(
@@ -175,6 +179,22 @@ def context_set(
         context_id=message.context_id,
         documents=tuple(documents) if documents is not None else None,
         dataset_embeddings=dataset_embeddings,
+        active_revision=int(message.active_revision) or int(message.revision),
+        revisions=tuple(revisions),
+    )
+
+
+def context_set_revision(message: pb.ContextSetRevision) -> ContextSetRevision:
+    """The user view of a ContextSetRevision message."""
+    return ContextSetRevision(
+        revision=int(message.revision),
+        create_time=message.create_time.ToDatetime(tzinfo=UTC),
+        sampling=_SAMPLING.get(message.sampling, ContextSampling.UNSPECIFIED),
+        source_document_count=int(message.source_document_count),
+        context_id=message.context_id,
+        model_fingerprint=message.model_fingerprint,
+        prompt=message.prompt,
+        active=bool(message.active),
     )
 
 
@@ -188,6 +208,7 @@ def context_set_details(
         dataset_embeddings=(
             matrix_to_array(response.dataset_embeddings) if include_embeddings else None
         ),
+        revisions=[context_set_revision(r) for r in response.revisions],
     )
 
 

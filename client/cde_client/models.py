@@ -54,6 +54,24 @@ class ContextSet:
     context_id: str
     documents: tuple[str, ...] | None = None
     dataset_embeddings: FloatMatrix | None = field(default=None, compare=False, repr=False)
+    active_revision: int = 0
+    """The set's active revision (what the bare name serves); `revision` is the one described."""
+    revisions: tuple[ContextSetRevision, ...] = ()
+    """The retained revisions, ascending (filled by `get_context_set`)."""
+
+
+@dataclass(frozen=True)
+class ContextSetRevision:
+    """One retained revision of a context set (address it as "name@revision")."""
+
+    revision: int
+    create_time: datetime
+    sampling: ContextSampling
+    source_document_count: int
+    context_id: str
+    model_fingerprint: str
+    prompt: str
+    active: bool
 
 
 @dataclass(frozen=True)

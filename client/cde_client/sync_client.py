@@ -248,6 +248,7 @@ class CdeClient(ClientBase):
         documents: Iterable[str],
         *,
         replace: bool = False,
+        activate: bool = True,
         prompt: str | None = None,
         seed: int | None = None,
         progress: bool = False,
@@ -258,7 +259,9 @@ class CdeClient(ClientBase):
         `documents` is read lazily, so it may be a generator over a large file. The server
         keeps a seeded sample of exactly the model's context size (oversampling a small
         corpus); `ContextSet.sampling` says which happened. `replace`: replace an existing
-        set atomically (else AlreadyExists). `prompt`: prompt of the context documents
+        set with a new revision (else AlreadyExists); `activate=False` builds it beside the
+        active one (embed with "name@revision", then `activate_context_set`); a new set's first
+        revision is always active. `prompt`: prompt of the context documents
         (None: "document"). `seed`: sampling seed (None: 42). `progress`: show a progress bar
         (tqdm if installed, else lines on stderr). `timeout`: seconds for the whole upload
         and build (None: no limit). Not retried automatically.
@@ -269,6 +272,7 @@ class CdeClient(ClientBase):
                 name,
                 documents,
                 replace=replace,
+                activate=activate,
                 prompt=prompt,
                 seed=seed,
                 progress=progress,
@@ -284,7 +288,9 @@ class CdeClient(ClientBase):
         include_embeddings: bool = False,
         timeout: float | None = None,
     ) -> ContextSet:
-        """Describe the context set `name`, optionally with its documents and dataset embeddings."""
+        """Describe the context set `name` (its active revision; "name@N": revision N) and list
+        its retained revisions, optionally with the documents and dataset embeddings.
+        """
         return self._run(
             _ops.get_context_set(
                 self._core,
@@ -322,11 +328,32 @@ class CdeClient(ClientBase):
         *,
         timeout: float | None = None,
     ) -> None:
-        """Delete the context set `name` (NotFound if there is none)."""
+        """Delete the context set `name`, or one inactive revision as "name@N" (NotFound if there
+        is none; FailedPrecondition for the active revision: activate another first).
+        """
         return self._run(
             _ops.delete_context_set(
                 self._core,
                 name,
+                timeout=timeout,
+            )
+        )
+
+    def activate_context_set(
+        self,
+        name: str,
+        revision: int,
+        *,
+        timeout: float | None = None,
+    ) -> ContextSet:
+        """Make the retained `revision` the one that `name` serves, atomically for every gateway
+        (NotFound if it was pruned or deleted).
+        """
+        return self._run(
+            _ops.activate_context_set(
+                self._core,
+                name,
+                revision,
                 timeout=timeout,
             )
         )

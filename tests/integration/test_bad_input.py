@@ -33,7 +33,7 @@ MIB = 1024 * 1024
 VALID = "valid input"
 EXISTING = "existing-set"
 # rows exercised elsewhere: they need server state or authentication, not a bad request
-SERVER_STATE_ROWS = {  # tested elsewhere (tests/system/test_overload.py, ...)
+SERVER_STATE_ROWS = {  # covered by tests that build that state (test_overload, revisions, ...)
     "A message larger than its RPC can need (Embed: max_texts_per_request texts of "
     "max_text_bytes; Get, List, Delete, prompts: 64 KiB), refused before parsing",
     "A request stream that sends nothing for CDE_STREAM_IDLE_TIMEOUT_S",
@@ -41,6 +41,8 @@ SERVER_STATE_ROWS = {  # tested elsewhere (tests/system/test_overload.py, ...)
     "Work beyond CDE_MAX_TEXTS_IN_FLIGHT while CDE_MAX_QUEUED_TEXTS of the tenant's "
     "already wait (retry-after trailer)",
     "The caller's deadline passed while its call waited for capacity",
+    "A pinned (name@N) or activated revision that was pruned, deleted or never made",
+    "DeleteContextSet of the active revision alone (name@N)",
     "GetContextSet answer (documents, embeddings) over CDE_MAX_MESSAGE_BYTES",
     "No API key, or an unknown one (auth on)",
     "ListContextSets all_tenants without an admin key",
@@ -173,6 +175,14 @@ CASES: dict[str, Case] = {
     "embed unknown context set": Case(
         "small", lambda t: t.stub.Embed(pb.EmbedRequest(texts=["a"], context_set="nope")),
         Code.NOT_FOUND, 'context set "nope" not found', "Unknown context set (Embed, Get, Delete)"),
+    "embed invalid context set revision": Case(
+        "small", lambda t: t.stub.Embed(pb.EmbedRequest(texts=["a"], context_set="docs@x")),
+        Code.INVALID_ARGUMENT, "invalid context set revision 'x' in docs@x",
+        "Invalid revision in a context set reference (name@N)"),
+    "embed revision zero": Case(
+        "small", lambda t: t.stub.Embed(pb.EmbedRequest(texts=["a"], context_set="docs@0")),
+        Code.INVALID_ARGUMENT, "invalid context set revision '0'",
+        "Invalid revision in a context set reference (name@N)"),
     "embed invalid prompt name": Case(
         "small", lambda t: t.stub.Embed(pb.EmbedRequest(texts=["a"], prompt="a b")),
         Code.INVALID_ARGUMENT, "invalid prompt name 'a b'", "Invalid context set or prompt name"),

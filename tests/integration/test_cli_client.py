@@ -195,3 +195,33 @@ def test_console_script_help() -> None:
     ).stdout
     for command in ("context", "prompt", "embed", "search"):
         assert command in top
+
+
+def test_context_revision_commands(
+    capsys: pytest.CaptureFixture[str], gateway: GatewayThread, docs_txt: Path, unique: str
+) -> None:
+    address = gateway.address
+    file = ["--file", str(docs_txt)]
+    assert cde(capsys, address, "context", "create", unique, *file)[0] == 0
+    status, out, err = cde(
+        capsys, address, "context", "create", unique, *file, "--replace", "--no-activate"
+    )
+    assert status == 0, err
+    assert f"created {unique} revision 2" in out and "not active (revision 1 is)" in out
+    status, out, _ = cde(capsys, address, "context", "show", unique, "--json")
+    shown = json.loads(out)
+    assert shown["revision"] == 1 and shown["active_revision"] == 1
+    assert [(r["revision"], r["active"]) for r in shown["revisions"]] == [(1, True), (2, False)]
+    status, out, _ = cde(capsys, address, "context", "activate", unique, "2")
+    assert status == 0 and f"activated {unique} revision 2" in out
+    status, out, _ = cde(capsys, address, "context", "show", unique)
+    assert status == 0 and "revisions:" in out
+    status, _, err = cde(capsys, address, "context", "delete", f"{unique}@2")
+    assert status == 1 and "FAILED_PRECONDITION" in err and "activate another first" in err
+    assert cde(capsys, address, "context", "delete", f"{unique}@1")[0] == 0
+    with CdeClient(address) as client:
+        described = client.get_context_set(unique)
+        assert described.active_revision == 2
+        assert [r.revision for r in described.revisions] == [2]
+        assert client.embed(["q"], context=f"{unique}@2").context_revision == 2
+        assert client.activate_context_set(unique, 2).revision == 2

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -16,42 +16,9 @@ from cde_server.errors import AlreadyExistsError, NotFoundError, StoreUnavailabl
 from cde_server.stores import Store, StoredContextSet, open_store, sqlite_path
 from cde_server.triton.protocol import context_id
 from support.store_fixtures import RedisServer, unique_prefix
+from support.store_records import make_set, run, with_store
 
 T = TypeVar("T")
-
-
-def run(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run one test body on a fresh event loop."""
-    return asyncio.run(coroutine)
-
-
-async def with_store(url: str, body: Callable[[Store], Awaitable[T]]) -> T:
-    """Open the store, run `body`, always close."""
-    store = await open_store(url)
-    try:
-        return await body(store)
-    finally:
-        await store.close()
-
-
-def make_set(
-    name: str, value: float = 1.0, *, rows: int = 4, dim: int = 3, fingerprint: str = "fp-a"
-) -> StoredContextSet:
-    """A small set whose embeddings and documents all derive from `value`."""
-    embeddings = np.full((rows, dim), value, dtype=np.float32)
-    embeddings[0, 0] = -value
-    return StoredContextSet(
-        name=name,
-        created_at=datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC),
-        model_fingerprint=fingerprint,
-        prompt="document",
-        source_document_count=rows + 1,
-        revision=0,
-        sampling="subsampled",
-        context_id=context_id(embeddings),
-        embeddings=embeddings,
-        documents=tuple(f"doc {value} #{i}" for i in range(rows)),
-    )
 
 
 def assert_same_content(actual: StoredContextSet, expected: StoredContextSet) -> None:
@@ -151,7 +118,7 @@ def test_delete_removes_everywhere_and_name_can_be_reused(store_url: str) -> Non
         names = [s.name for s in await store.list_context_sets(after=None, limit=10)]
         assert names == ["b"]
         again = await store.create_context_set(make_set("a"), replace=False)
-        assert again.revision == 1
+        assert again.revision == 3  # numbers are never reused, not even after a delete
 
     run(with_store(store_url, body))
 

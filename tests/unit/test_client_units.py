@@ -114,6 +114,7 @@ def test_idempotency_table() -> None:
         "GetContextSet": True,
         "ListContextSets": True,
         "DeleteContextSet": False,
+        "ActivateContextSet": True,
         "ListPrompts": True,
         "PutPrompt": True,
         "DeletePrompt": False,

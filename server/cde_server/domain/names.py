@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from cde_server.errors import InvalidArgumentError
 
@@ -38,6 +39,39 @@ def validate_name(name: str, kind: str) -> str:
 def validate_context_set_name(name: str) -> str:
     """Validate a context-set name."""
     return validate_name(name, "context set")
+
+
+REVISION_SEPARATOR = "@"
+
+
+@dataclass(frozen=True)
+class ContextSetReference:
+    """A context set as a request names it: `name` (the active revision) or `name@N`."""
+
+    name: str
+    revision: int | None = None
+
+    def __str__(self) -> str:
+        return (
+            self.name
+            if self.revision is None
+            else f"{self.name}{REVISION_SEPARATOR}{self.revision}"
+        )
+
+
+def parse_context_set_reference(text: str) -> ContextSetReference:
+    """`name` or `name@N` (N a positive integer), validated; `InvalidArgumentError` otherwise."""
+    name, separator, number = text.partition(REVISION_SEPARATOR)
+    validate_context_set_name(name)
+    if not separator:
+        return ContextSetReference(name)
+    if not (number.isascii() and number.isdigit()) or int(number) < 1 or len(number) > 18:
+        shown = number if len(number) <= _SHOWN_CHARS else number[:_SHOWN_CHARS] + "..."
+        raise InvalidArgumentError(
+            f"invalid context set revision {shown!r} in {name}@{shown}: use name@N with N a "
+            "revision number (1, 2, ...), or name alone for the active revision"
+        )
+    return ContextSetReference(name, int(number))
 
 
 def validate_prompt_name(name: str) -> str:

@@ -11,8 +11,15 @@ import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cde_server.errors import AlreadyExistsError, NotFoundError
-from cde_server.stores.base import NAMESPACE_SEPARATOR, ContextSetSummary, Store, StoredContextSet
+from cde_server.errors import AlreadyExistsError, FailedPreconditionError, NotFoundError
+from cde_server.stores.base import (
+    DEFAULT_REVISIONS_KEPT,
+    NAMESPACE_SEPARATOR,
+    ContextSetSummary,
+    RevisionHistory,
+    Store,
+    StoredContextSet,
+)
 
 
 def qualified_name(tenant: str, name: str) -> str:
@@ -42,33 +49,59 @@ class TenantStore:
             return
         try:
             yield
-        except (NotFoundError, AlreadyExistsError) as exc:
+        except (NotFoundError, AlreadyExistsError, FailedPreconditionError) as exc:
             message = exc.message.replace(f'"{self._key(name)}"', f'"{name}"')
             raise type(exc)(message) from None
 
     async def create_context_set(
-        self, context_set: StoredContextSet, *, replace: bool
+        self,
+        context_set: StoredContextSet,
+        *,
+        replace: bool,
+        activate: bool = True,
+        keep: int = DEFAULT_REVISIONS_KEPT,
     ) -> StoredContextSet:
         """See `Store.create_context_set`."""
         name = context_set.name
         with self._bare_errors(name):
             stored = await self._store.create_context_set(
-                dataclasses.replace(context_set, name=self._key(name)), replace=replace
+                dataclasses.replace(context_set, name=self._key(name)),
+                replace=replace,
+                activate=activate,
+                keep=keep,
             )
         return dataclasses.replace(stored, name=name)
 
-    async def get_context_set(self, name: str, *, with_documents: bool = False) -> StoredContextSet:
+    async def get_context_set(
+        self, name: str, *, revision: int | None = None, with_documents: bool = False
+    ) -> StoredContextSet:
         """See `Store.get_context_set`."""
         with self._bare_errors(name):
             stored = await self._store.get_context_set(
-                self._key(name), with_documents=with_documents
+                self._key(name), revision=revision, with_documents=with_documents
             )
         return dataclasses.replace(stored, name=name)
 
-    async def get_summary(self, name: str) -> ContextSetSummary:
+    async def get_summary(self, name: str, *, revision: int | None = None) -> ContextSetSummary:
         """See `Store.get_summary`."""
         with self._bare_errors(name):
-            summary = await self._store.get_summary(self._key(name))
+            summary = await self._store.get_summary(self._key(name), revision=revision)
+        return dataclasses.replace(summary, name=name)
+
+    async def get_revisions(self, name: str) -> RevisionHistory:
+        """See `Store.get_revisions`."""
+        with self._bare_errors(name):
+            history = await self._store.get_revisions(self._key(name))
+        return dataclasses.replace(
+            history,
+            name=name,
+            revisions=tuple(dataclasses.replace(r, name=name) for r in history.revisions),
+        )
+
+    async def activate_context_set(self, name: str, revision: int) -> ContextSetSummary:
+        """See `Store.activate_context_set`."""
+        with self._bare_errors(name):
+            summary = await self._store.activate_context_set(self._key(name), revision)
         return dataclasses.replace(summary, name=name)
 
     async def list_context_sets(
@@ -80,10 +113,10 @@ class TenantStore:
         )
         return [dataclasses.replace(s, name=self._bare(s.name)) for s in summaries]
 
-    async def delete_context_set(self, name: str) -> None:
+    async def delete_context_set(self, name: str, *, revision: int | None = None) -> None:
         """See `Store.delete_context_set`."""
         with self._bare_errors(name):
-            await self._store.delete_context_set(self._key(name))
+            await self._store.delete_context_set(self._key(name), revision=revision)
 
     async def list_prompts(self, *, namespace: str | None = None) -> dict[str, str]:
         """This tenant's custom prompts (`namespace` is ignored)."""

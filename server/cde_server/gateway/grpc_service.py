@@ -121,7 +121,10 @@ class GrpcEmbeddingService(pb_grpc.EmbeddingServiceServicer):
                 include_embeddings=request.include_embeddings,
             )
             response = pb.GetContextSetResponse(
-                context_set=context_set_message(view), documents=view.documents
+                context_set=context_set_message(view),
+                documents=view.documents,
+                active_revision=view.active,
+                revisions=wire.revisions(view.history) if view.history is not None else [],
             )
             if view.embeddings is not None:
                 response.dataset_embeddings.CopyFrom(wire.matrix(view.embeddings))
@@ -154,6 +157,14 @@ class GrpcEmbeddingService(pb_grpc.EmbeddingServiceServicer):
         async with self._calls.open("DeleteContextSet", rpc_context) as call:
             await self._service.delete_context_set(call, request.name)
             return pb.DeleteContextSetResponse()
+
+    async def ActivateContextSet(
+        self, request: pb.ActivateContextSetRequest, rpc_context: RpcContext
+    ) -> pb.ActivateContextSetResponse:
+        """Make a retained revision the one the bare name serves."""
+        async with self._calls.open("ActivateContextSet", rpc_context) as call:
+            view = await self._service.activate_context_set(call, request.name, request.revision)
+            return pb.ActivateContextSetResponse(context_set=context_set_message(view))
 
     # --- prompts ------------------------------------------------------------------------------
     async def ListPrompts(
@@ -258,7 +269,9 @@ def embed_response(result: EmbedResult, request_id: str) -> pb.EmbedResponse:
 
 def context_set_message(view: ContextSetView) -> pb.ContextSet:
     """The wire form of a context set's metadata."""
-    return wire.context_set(view.summary, model_fingerprint=view.model_fingerprint)
+    return wire.context_set(
+        view.summary, model_fingerprint=view.model_fingerprint, active_revision=view.active
+    )
 
 
 async def _read_options(requests: AsyncIterator[pb.CreateContextSetRequest]) -> ContextSetInput:
@@ -274,6 +287,7 @@ async def _read_options(requests: AsyncIterator[pb.CreateContextSetRequest]) -> 
         prompt=options.prompt,
         replace=options.replace,
         seed=options.seed if options.HasField("seed") else None,
+        activate=options.activate if options.HasField("activate") else True,
     )
 
 

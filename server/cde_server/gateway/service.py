@@ -16,7 +16,11 @@ import numpy.typing as npt
 from cde_model.context import DEFAULT_SEED
 
 from cde_server.domain import context_sets, pagination
-from cde_server.domain.names import validate_context_set_name
+from cde_server.domain.names import (
+    ContextSetReference,
+    parse_context_set_reference,
+    validate_context_set_name,
+)
 from cde_server.domain.prompts import Prompt, PromptRegistry
 from cde_server.domain.tenancy import TenantStore
 from cde_server.domain.vectors import normalize_rows
@@ -35,7 +39,7 @@ from cde_server.gateway.metrics import GatewayMetrics
 from cde_server.gateway.settings import GatewaySettings
 from cde_server.inference.interface import ContextRef, Inference, ServedModelInfo
 from cde_server.inference.served_model import ServedModel
-from cde_server.stores.base import ContextSetSummary, Store
+from cde_server.stores.base import ContextSetSummary, RevisionHistory, Store
 
 FloatMatrix = npt.NDArray[np.float32]
 
@@ -70,6 +74,7 @@ class ContextSetInput:
     prompt: str = ""
     replace: bool = False
     seed: int | None = None
+    activate: bool = True
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,13 @@ class ContextSetView:
     model_fingerprint: str
     documents: Sequence[str] = ()
     embeddings: FloatMatrix | None = None
+    active_revision: int = 0  # 0: the revision described is the active one
+    history: RevisionHistory | None = None
+
+    @property
+    def active(self) -> int:
+        """The set's active revision."""
+        return self.active_revision or self.summary.revision
 
 
 @dataclass(frozen=True)
@@ -166,18 +178,23 @@ class EmbeddingService:
         return texts
 
     async def _context(
-        self, name: str, fingerprint: str, store: TenantStore
+        self, requested: str, fingerprint: str, store: TenantStore
     ) -> tuple[ContextRef, int]:
-        """The context to embed with and its revision ("" → the built-in default, revision 0)."""
-        if not name:
+        """The context to embed with and its revision ("" → the built-in default, revision 0).
+
+        `name` resolves to the active revision, `name@N` to revision N, in one store read;
+        a cache miss loads exactly that revision (immutable, so it cannot change under us).
+        """
+        if not requested:
             default, _ = await self._model.default_context()
             return default, 0
-        validate_context_set_name(name)
-        summary = await store.get_summary(name)
+        reference = parse_context_set_reference(requested)
+        name = reference.name
+        summary = await store.get_summary(name, revision=reference.revision)
         context_sets.require_compatible(summary, fingerprint)
 
         async def load() -> FloatMatrix:
-            stored = await store.get_context_set(name)
+            stored = await store.get_context_set(name, revision=summary.revision)
             if stored.context_id != summary.context_id:
                 raise UnavailableError(
                     f'context set "{name}" was replaced during the request; retry'
@@ -223,8 +240,16 @@ class EmbeddingService:
             sampling=sampling,
             model_fingerprint=info.fingerprint,
         )
-        stored = await store.create_context_set(record, replace=options.replace)
-        return ContextSetView(stored.summary(), info.fingerprint)
+        stored = await store.create_context_set(
+            record,
+            replace=options.replace,
+            activate=options.activate,
+            keep=self.settings.context_revisions_kept,
+        )
+        active = stored.revision
+        if not options.activate:
+            active = (await store.get_summary(name)).revision
+        return ContextSetView(stored.summary(), info.fingerprint, active_revision=active)
 
     @staticmethod
     async def _refuse_existing(name: str, store: TenantStore) -> None:
@@ -252,19 +277,39 @@ class EmbeddingService:
         include_documents: bool = False,
         include_embeddings: bool = False,
     ) -> ContextSetView:
-        """Metadata, and on request the documents and dataset embeddings."""
+        """Metadata of the active revision (or of `name@N`) and the retained revisions, and
+        on request the documents and dataset embeddings."""
         store = self._store_of(call)
-        name = validate_context_set_name(name)
+        reference = parse_context_set_reference(name)
         fingerprint = (await self._model.info()).fingerprint
+        history = await store.get_revisions(reference.name)
+        revision = history.active_revision if reference.revision is None else reference.revision
         if not (include_documents or include_embeddings):
-            return ContextSetView(await store.get_summary(name), fingerprint)
-        stored = await store.get_context_set(name, with_documents=include_documents)
+            summary = await store.get_summary(reference.name, revision=revision)
+            return ContextSetView(
+                summary, fingerprint, active_revision=history.active_revision, history=history
+            )
+        stored = await store.get_context_set(
+            reference.name, revision=revision, with_documents=include_documents
+        )
         return ContextSetView(
             stored.summary(),
             fingerprint,
             documents=stored.documents if include_documents else (),
             embeddings=stored.embeddings if include_embeddings else None,
+            active_revision=history.active_revision,
+            history=history,
         )
+
+    async def activate_context_set(
+        self, call: ActiveCall, name: str, revision: int
+    ) -> ContextSetView:
+        """Make a retained revision the one the bare name serves (atomic in the store)."""
+        validate_context_set_name(name)
+        if revision < 1:
+            raise InvalidArgumentError("revision must be a revision number (1, 2, ...)")
+        summary = await self._store_of(call).activate_context_set(name, revision)
+        return ContextSetView(summary, await self._fingerprint_if_known())
 
     async def list_context_sets(
         self, call: ActiveCall, *, page_size: int, page_token: str, all_tenants: bool = False
@@ -282,8 +327,10 @@ class EmbeddingService:
         return ContextSetPage(summaries, next_token, await self._fingerprint_if_known())
 
     async def delete_context_set(self, call: ActiveCall, name: str) -> None:
-        """Delete a set (NOT_FOUND if absent)."""
-        await self._store_of(call).delete_context_set(validate_context_set_name(name))
+        """Delete a set, or one inactive revision given as `name@N` (NOT_FOUND if absent;
+        FAILED_PRECONDITION for the active revision alone)."""
+        reference: ContextSetReference = parse_context_set_reference(name)
+        await self._store_of(call).delete_context_set(reference.name, revision=reference.revision)
 
     # --- prompts ------------------------------------------------------------------------------
     async def list_prompts(self, call: ActiveCall) -> list[Prompt]:

@@ -92,6 +92,12 @@ class GatewaySettings(BaseSettings):
     max_context_documents: int = Field(
         default=16384, ge=1, description="source documents in one CreateContextSet"
     )
+    context_revisions_kept: int = Field(
+        default=5,
+        ge=1,
+        description="context-set revisions kept per set (plus the active one); older inactive "
+        "ones are pruned when a new revision is created",
+    )
     max_context_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=1,

@@ -60,6 +60,18 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
               'prompt "legal" not found; built-in prompts are query, document, ...'),
     ErrorCase("Unknown context set (Embed, Get, Delete)", grpc.StatusCode.NOT_FOUND,
               'context set "docs" not found'),
+    ErrorCase("Invalid revision in a context set reference (name@N)",
+              grpc.StatusCode.INVALID_ARGUMENT,
+              "invalid context set revision 'x' in docs@x: use name@N with N a revision number "
+              "(1, 2, ...), or name alone for the active revision"),
+    ErrorCase("A pinned (name@N) or activated revision that was pruned, deleted or never made",
+              grpc.StatusCode.NOT_FOUND,
+              'context set "docs" revision 2 was pruned or deleted; the kept revisions are 4, 5, '
+              "6, 7, 8 (active: 8)"),
+    ErrorCase("DeleteContextSet of the active revision alone (name@N)",
+              grpc.StatusCode.FAILED_PRECONDITION,
+              'revision 8 is the active revision of context set "docs"; activate another first, '
+              "or delete the whole set"),
     ErrorCase("Context set built with another model", grpc.StatusCode.FAILED_PRECONDITION,
               'context set "docs" was built with model 3f2a9c..., but this server runs model '
               "9c1e07...; rebuild it with replace"),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import numpy as np
 import numpy.typing as npt
 from cde.v1 import embedding_service_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cde_server.domain.prompts import Prompt
-from cde_server.stores.base import ContextSetSummary, Sampling
+from cde_server.stores.base import ContextSetSummary, RevisionHistory, Sampling
 
 _FLOAT32_LE = np.dtype("<f4")
 _SAMPLING = {
@@ -35,10 +37,18 @@ def sampling(value: Sampling) -> pb.ContextSampling.ValueType:
     return _SAMPLING[value]
 
 
-def context_set(summary: ContextSetSummary, *, model_fingerprint: str) -> pb.ContextSet:
-    """A stored set's metadata; `compatible` compares its fingerprint with the served model's."""
-    created = Timestamp()
-    created.FromDatetime(summary.created_at)
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def context_set(
+    summary: ContextSetSummary, *, model_fingerprint: str, active_revision: int = 0
+) -> pb.ContextSet:
+    """A stored revision's metadata; `compatible` compares its fingerprint with the served
+    model's; `active_revision` 0 means the revision described is the active one."""
+    created = _timestamp(summary.created_at)
     return pb.ContextSet(
         name=summary.name,
         create_time=created,
@@ -50,7 +60,25 @@ def context_set(summary: ContextSetSummary, *, model_fingerprint: str) -> pb.Con
         sampling=sampling(summary.sampling),
         compatible=summary.model_fingerprint == model_fingerprint,
         context_id=summary.context_id,
+        active_revision=active_revision or summary.revision,
     )
+
+
+def revisions(history: RevisionHistory) -> list[pb.ContextSetRevision]:
+    """The retained revisions of a set, ascending."""
+    return [
+        pb.ContextSetRevision(
+            revision=r.revision,
+            create_time=_timestamp(r.created_at),
+            sampling=sampling(r.sampling),
+            source_document_count=r.source_document_count,
+            context_id=r.context_id,
+            model_fingerprint=r.model_fingerprint,
+            prompt=r.prompt,
+            active=r.revision == history.active_revision,
+        )
+        for r in history.revisions
+    ]
 
 
 def prompt(value: Prompt) -> pb.Prompt:

@@ -10,8 +10,11 @@ from typing import Literal, Protocol, get_args
 import numpy as np
 import numpy.typing as npt
 
+from cde_server.errors import FailedPreconditionError, NotFoundError
+
 Sampling = Literal["exact", "subsampled", "oversampled"]
 SAMPLINGS: tuple[str, ...] = get_args(Sampling)
+DEFAULT_REVISIONS_KEPT = 5
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,8 @@ class StoredContextSet:
 
     `embeddings` is normalized to a read-only C-contiguous float32 [N, hidden] array.
     `documents` is empty when the set was read without them. `revision` is assigned by the
-    store (1 for a new set, previous + 1 on replace); the value passed to create is ignored.
+    store (1 for a new set, the highest number the name ever had + 1 on replace); the value
+    passed to create is ignored. A stored revision never changes.
     """
 
     name: str
@@ -94,6 +98,49 @@ class StoredContextSet:
         return dataclasses.replace(self, revision=revision)
 
 
+@dataclass(frozen=True)
+class RevisionHistory:
+    """The retained revisions of one context set (ascending) and which one is active."""
+
+    name: str
+    active_revision: int
+    latest_revision: int
+    revisions: tuple[ContextSetSummary, ...]
+
+    @property
+    def active(self) -> ContextSetSummary:
+        """The summary of the active revision."""
+        return next(r for r in self.revisions if r.revision == self.active_revision)
+
+
+def kept_revisions(revisions: list[int], active: int, keep: int) -> set[int]:
+    """Which of `revisions` retention keeps: the `keep` highest numbers plus the active one."""
+    return set(sorted(revisions, reverse=True)[: max(keep, 1)]) | {active}
+
+
+def missing_revision_error(
+    name: str, revision: int, latest: int, kept: list[int], active: int
+) -> NotFoundError:
+    """NOT_FOUND for a pinned read of a revision the store does not hold (says which it keeps)."""
+    if revision > latest or revision < 1:
+        return NotFoundError(
+            f'context set "{name}" has no revision {revision}; the latest is {latest}'
+        )
+    shown = ", ".join(str(number) for number in sorted(kept))
+    return NotFoundError(
+        f'context set "{name}" revision {revision} was pruned or deleted; the kept revisions '
+        f"are {shown} (active: {active})"
+    )
+
+
+def active_revision_error(name: str, revision: int) -> FailedPreconditionError:
+    """FAILED_PRECONDITION for deleting the active revision alone."""
+    return FailedPreconditionError(
+        f'revision {revision} is the active revision of context set "{name}"; activate '
+        "another first, or delete the whole set"
+    )
+
+
 NAMESPACE_SEPARATOR = "/"
 
 
@@ -113,35 +160,61 @@ class Store(Protocol):
     """
 
     async def create_context_set(
-        self, context_set: StoredContextSet, *, replace: bool
+        self,
+        context_set: StoredContextSet,
+        *,
+        replace: bool,
+        activate: bool = True,
+        keep: int = DEFAULT_REVISIONS_KEPT,
     ) -> StoredContextSet:
-        """Store atomically; returns the stored set with its revision.
+        """Store a new immutable revision atomically; returns it with its number.
 
         `AlreadyExistsError` when the name exists and not `replace`; of concurrent creates
-        of one name exactly one wins. Readers see either the old or the new set, never a mix.
+        of a new name exactly one wins, concurrent replaces get distinct numbers. The first
+        revision of a set is always active; a later one becomes active when `activate`
+        (readers of the name see the old or the new revision, never a mix). Afterwards
+        inactive revisions beyond the `keep` highest numbers are pruned (never the active).
         """
         ...
 
-    async def get_context_set(self, name: str, *, with_documents: bool = False) -> StoredContextSet:
-        """The set with its embeddings (and documents if asked); `NotFoundError` if absent."""
+    async def get_context_set(
+        self, name: str, *, revision: int | None = None, with_documents: bool = False
+    ) -> StoredContextSet:
+        """The active revision (or `revision`) with its embeddings (and documents if asked).
+
+        `NotFoundError` if the set is absent, or the revision is (saying which are kept).
+        """
         ...
 
-    async def get_summary(self, name: str) -> ContextSetSummary:
-        """The set's metadata without reading embeddings; `NotFoundError` if absent."""
+    async def get_summary(self, name: str, *, revision: int | None = None) -> ContextSetSummary:
+        """The metadata of the active revision (or `revision`) in one read, without the
+        embeddings; `NotFoundError` as in `get_context_set`."""
+        ...
+
+    async def get_revisions(self, name: str) -> RevisionHistory:
+        """The retained revisions and the active one; `NotFoundError` if absent."""
+        ...
+
+    async def activate_context_set(self, name: str, revision: int) -> ContextSetSummary:
+        """Make a retained revision the active one, atomically (the last of racing calls
+        wins; every reader sees one or the other); `NotFoundError` if it is not retained."""
         ...
 
     async def list_context_sets(
         self, *, after: str | None, limit: int, namespace: str | None = None
     ) -> list[ContextSetSummary]:
-        """Up to `limit` summaries in name order, names strictly greater than `after`.
+        """Up to `limit` summaries (of the active revisions) in name order, names strictly
+        greater than `after`.
 
         `namespace`: None lists every name; "" only names without a "/"; "t" only the
         names "t/<name>" (see `in_namespace`). Names are returned in full.
         """
         ...
 
-    async def delete_context_set(self, name: str) -> None:
-        """Delete the set; `NotFoundError` if absent."""
+    async def delete_context_set(self, name: str, *, revision: int | None = None) -> None:
+        """Delete the whole set, or one inactive revision; `NotFoundError` if absent,
+        `FailedPreconditionError` for the active revision alone. Numbers are never reused,
+        not even after the whole set was deleted."""
         ...
 
     async def list_prompts(self, *, namespace: str | None = None) -> dict[str, str]:

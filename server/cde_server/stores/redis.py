@@ -1,12 +1,19 @@
 """Redis store: context sets shared by several gateways.
 
 Key layout (`prefix` defaults to "cde:"; a tenant's names are "tenant/name", see tenancy):
-- `{prefix}context_set:{name}`: hash with `meta` (JSON), `revision`, `embeddings`
-  (float32 little-endian bytes) and `documents` (JSON array).
+- `{prefix}context_set:{name}`: hash of the set's ACTIVE revision, with `meta` (JSON),
+  `revision`, `embeddings` (float32 little-endian bytes) and `documents` (JSON array).
+- `{prefix}context_revision:{name}@{N}`: hash of the same fields for an inactive retained
+  revision N; `{prefix}context_revisions:{name}`: sorted set of those numbers (score N).
+- `{prefix}context_revision_counters`: hash name → highest revision number ever given
+  (kept after a delete, so numbers are never reused; absent: the active `revision`).
 - `{prefix}context_sets`: sorted set of names (all score 0) for lexicographic paging.
 - `{prefix}prompts`: hash of custom prompt name → text.
-Create/replace and delete run as Lua scripts, so they are atomic for every reader and
-writer; a read of one set is a single HMGET, so it never sees half a replace.
+The layout before revisions (one hash per name) is this layout with no inactive revision,
+so existing databases need no migration. Activation swaps hashes with RENAME (no copy).
+Create, activate, prune and delete run as Lua scripts, so they are atomic for every reader
+and writer; a read of one set by name is a single HMGET, and by name@N one read-only script
+call, so it never sees half a replace.
 Short socket timeouts make an outage fail fast (a hung Redis costs one `socket_timeout`).
 A write that fails with `StoreUnavailableError` may still have been applied (its reply was
 lost): callers must treat its outcome as unknown; retrying is safe.
@@ -33,10 +40,14 @@ from cde_server.errors import (
 )
 from cde_server.stores import records, redacted_url
 from cde_server.stores.base import (
+    DEFAULT_REVISIONS_KEPT,
     NAMESPACE_SEPARATOR,
     ContextSetSummary,
+    RevisionHistory,
     StoredContextSet,
+    active_revision_error,
     in_namespace,
+    missing_revision_error,
 )
 
 DEFAULT_PREFIX = "cde:"
@@ -55,37 +66,152 @@ _RETRY_BROKEN_CONNECTIONS_ONCE = Retry(
 # OP_MARKER_TTL_S seconds) makes the retry return the first run's result instead of, say,
 # ALREADY_EXISTS for the caller's own create.
 
-# KEYS: set hash, names zset, op marker. ARGV: name, replace ("1"/"0"), meta, embeddings,
-# documents, marker TTL. Returns the new revision, or -1 when the name exists and replace is "0".
+# KEYS: active hash, names zset, inactive zset, counters hash, op marker. ARGV: name,
+# replace ("1"/"0"), activate ("1"/"0"), meta, embeddings, documents, marker TTL, revisions
+# kept, revision key prefix. Returns the new revision, or -1 when the name exists and replace
+# is "0". Afterwards inactive revisions below the `kept` highest numbers are deleted.
 _CREATE_SCRIPT = """
-local done = redis.call('GET', KEYS[3])
+local done = redis.call('GET', KEYS[5])
 if done then
     return tonumber(done)
 end
-local current = redis.call('HGET', KEYS[1], 'revision')
-if current and ARGV[2] ~= '1' then
+local active = tonumber(redis.call('HGET', KEYS[1], 'revision'))
+if active and ARGV[2] ~= '1' then
     return -1
 end
-local revision = (tonumber(current) or 0) + 1
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'meta', ARGV[3], 'revision', revision,
-           'embeddings', ARGV[4], 'documents', ARGV[5])
+local revision = math.max(tonumber(redis.call('HGET', KEYS[4], ARGV[1])) or 0, active or 0) + 1
+redis.call('HSET', KEYS[4], ARGV[1], revision)
+local target = KEYS[1]
+if active and ARGV[3] == '1' then
+    redis.call('RENAME', KEYS[1], ARGV[9] .. active)
+    redis.call('ZADD', KEYS[3], active, active)
+    active = revision
+elseif active then
+    target = ARGV[9] .. revision
+    redis.call('ZADD', KEYS[3], revision, revision)
+else
+    active = revision
+end
+redis.call('HSET', target, 'meta', ARGV[4], 'revision', revision,
+           'embeddings', ARGV[5], 'documents', ARGV[6])
+local inactive = redis.call('ZRANGE', KEYS[3], 0, -1)
+local numbers = {active}
+for _, member in ipairs(inactive) do
+    numbers[#numbers + 1] = tonumber(member)
+end
+table.sort(numbers, function(a, b) return a > b end)
+local keep = math.max(tonumber(ARGV[8]), 1)
+if #numbers > keep then
+    local lowest_kept = numbers[keep]
+    for _, member in ipairs(inactive) do
+        if tonumber(member) < lowest_kept then
+            redis.call('DEL', ARGV[9] .. member)
+            redis.call('ZREM', KEYS[3], member)
+        end
+    end
+end
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
-redis.call('SET', KEYS[3], revision, 'EX', ARGV[6])
+redis.call('SET', KEYS[5], revision, 'EX', ARGV[7])
 return revision
 """
 
-# KEYS: set hash, names zset, op marker. ARGV: name, marker TTL. Returns 1 if deleted, else 0.
+# KEYS: active hash, inactive zset. ARGV: revision, revision key prefix. Returns 1 when the
+# revision is (now) active, 0 when it is not retained, -1 when the set does not exist.
+_ACTIVATE_SCRIPT = """
+local active = redis.call('HGET', KEYS[1], 'revision')
+if not active then
+    return -1
+end
+if tonumber(active) == tonumber(ARGV[1]) then
+    return 1
+end
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+    return 0
+end
+redis.call('RENAME', KEYS[1], ARGV[2] .. active)
+redis.call('ZADD', KEYS[2], active, active)
+redis.call('RENAME', ARGV[2] .. ARGV[1], KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: active hash, names zset, inactive zset, counters hash, op marker. ARGV: name, marker
+# TTL, revision key prefix. Returns 1 if deleted, else 0.
 _DELETE_SET_SCRIPT = """
+if redis.call('EXISTS', KEYS[5]) == 1 then
+    return 1
+end
+local active = redis.call('HGET', KEYS[1], 'revision')
+if not active then
+    return 0
+end
+for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    redis.call('DEL', ARGV[3] .. member)
+end
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if tonumber(active) > (tonumber(redis.call('HGET', KEYS[4], ARGV[1])) or 0) then
+    redis.call('HSET', KEYS[4], ARGV[1], active)
+end
+redis.call('SET', KEYS[5], 1, 'EX', ARGV[2])
+return 1
+"""
+
+# KEYS: active hash, inactive zset, op marker. ARGV: revision, marker TTL, revision key
+# prefix. Returns 1 if deleted, 0 when the set is absent, -1 when the revision is, -2 when
+# it is the active one.
+_DELETE_REVISION_SCRIPT = """
 if redis.call('EXISTS', KEYS[3]) == 1 then
     return 1
 end
-if redis.call('DEL', KEYS[1]) == 0 then
+local active = redis.call('HGET', KEYS[1], 'revision')
+if not active then
     return 0
 end
-redis.call('ZREM', KEYS[2], ARGV[1])
+if tonumber(active) == tonumber(ARGV[1]) then
+    return -2
+end
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then
+    return -1
+end
+redis.call('DEL', ARGV[3] .. ARGV[1])
 redis.call('SET', KEYS[3], 1, 'EX', ARGV[2])
 return 1
+"""
+
+# KEYS: inactive revision hash, active hash. ARGV: revision, then the fields to read.
+# Returns the fields of revision ARGV[1] (whether inactive or active), or nil.
+_READ_REVISION_SCRIPT = """
+local fields = {}
+for i = 2, #ARGV do
+    fields[#fields + 1] = ARGV[i]
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return redis.call('HMGET', KEYS[1], unpack(fields))
+end
+if redis.call('HGET', KEYS[2], 'revision') == ARGV[1] then
+    return redis.call('HMGET', KEYS[2], unpack(fields))
+end
+return false
+"""
+
+# KEYS: active hash, inactive zset, counters hash. ARGV: name, revision key prefix. Returns
+# nil when the set is absent, else {active revision, counter or false, active meta, then
+# revision and meta of each inactive revision}.
+_HISTORY_SCRIPT = """
+local head = redis.call('HMGET', KEYS[1], 'revision', 'meta')
+if not head[1] then
+    return false
+end
+local reply = {head[1], redis.call('HGET', KEYS[3], ARGV[1]), head[2]}
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+    local meta = redis.call('HGET', ARGV[2] .. member, 'meta')
+    if meta then
+        reply[#reply + 1] = member
+        reply[#reply + 1] = meta
+    end
+end
+return reply
 """
 
 # KEYS: prompts hash, op marker. ARGV: name, marker TTL. Returns 1 if deleted, else 0.
@@ -115,8 +241,13 @@ class RedisStore:
         self._display_url = display_url
         self._names_key = f"{prefix}context_sets"
         self._prompts_key = f"{prefix}prompts"
+        self._counters_key = f"{prefix}context_revision_counters"
         self._create_script = client.register_script(_CREATE_SCRIPT)
+        self._activate_script = client.register_script(_ACTIVATE_SCRIPT)
         self._delete_set_script = client.register_script(_DELETE_SET_SCRIPT)
+        self._delete_revision_script = client.register_script(_DELETE_REVISION_SCRIPT)
+        self._read_revision_script = client.register_script(_READ_REVISION_SCRIPT)
+        self._history_script = client.register_script(_HISTORY_SCRIPT)
         self._delete_prompt_script = client.register_script(_DELETE_PROMPT_SCRIPT)
 
     @classmethod
@@ -155,42 +286,92 @@ class RedisStore:
     def _set_key(self, name: str) -> str:
         return f"{self._prefix}context_set:{name}"
 
+    def _revision_prefix(self, name: str) -> str:
+        return f"{self._prefix}context_revision:{name}@"
+
+    def _inactive_key(self, name: str) -> str:
+        return f"{self._prefix}context_revisions:{name}"
+
     def _op_key(self) -> str:
         return f"{self._prefix}op:{uuid.uuid4().hex}"
 
     # -- context sets ---------------------------------------------------------------------
 
     async def create_context_set(
-        self, context_set: StoredContextSet, *, replace: bool
+        self,
+        context_set: StoredContextSet,
+        *,
+        replace: bool,
+        activate: bool = True,
+        keep: int = DEFAULT_REVISIONS_KEPT,
     ) -> StoredContextSet:
-        """Insert or atomically replace; see `Store.create_context_set`."""
+        """Add a revision atomically; see `Store.create_context_set`."""
+        name = context_set.name
         async with self._guard():
             revision = int(
                 await self._create_script(
-                    keys=[self._set_key(context_set.name), self._names_key, self._op_key()],
+                    keys=[
+                        self._set_key(name),
+                        self._names_key,
+                        self._inactive_key(name),
+                        self._counters_key,
+                        self._op_key(),
+                    ],
                     args=[
-                        context_set.name,
+                        name,
                         "1" if replace else "0",
+                        "1" if activate else "0",
                         records.encode_metadata(context_set),
                         records.encode_embeddings(context_set.embeddings),
                         records.encode_documents(context_set.documents),
                         OP_MARKER_TTL_S,
+                        keep,
+                        self._revision_prefix(name),
                     ],
                 )
             )
         if revision < 0:
             raise AlreadyExistsError(
-                f'context set "{context_set.name}" already exists; use replace to rebuild it'
+                f'context set "{name}" already exists; use replace to rebuild it'
             )
         return context_set.with_revision(revision)
 
-    async def get_context_set(self, name: str, *, with_documents: bool = False) -> StoredContextSet:
-        """The set with embeddings (and documents if asked); `NotFoundError` if absent."""
-        fields = ["meta", "revision", "embeddings"] + (["documents"] if with_documents else [])
+    async def _read(self, name: str, revision: int | None, fields: list[str]) -> list[Any]:
+        """The fields of the active revision or of `revision`, in one round trip."""
         async with self._guard():
-            values: list[Any] = await self._client.hmget(self._set_key(name), fields)
-        if values[0] is None:
-            raise NotFoundError(f'context set "{name}" not found')
+            if revision is None:
+                values: list[Any] | None = await self._client.hmget(self._set_key(name), fields)
+            else:
+                values = await self._read_revision_script(
+                    keys=[self._revision_prefix(name) + str(revision), self._set_key(name)],
+                    args=[revision, *fields],
+                )
+        if not values or values[0] is None:
+            raise await self._missing(name, revision)
+        return values
+
+    async def _missing(self, name: str, revision: int | None) -> NotFoundError:
+        """The NOT_FOUND error for a read that found nothing."""
+        if revision is None:
+            return NotFoundError(f'context set "{name}" not found')
+        try:
+            history = await self.get_revisions(name)
+        except NotFoundError as exc:
+            return exc
+        return missing_revision_error(
+            name,
+            revision,
+            history.latest_revision,
+            [r.revision for r in history.revisions],
+            history.active_revision,
+        )
+
+    async def get_context_set(
+        self, name: str, *, revision: int | None = None, with_documents: bool = False
+    ) -> StoredContextSet:
+        """The active revision (or `revision`) with embeddings (and documents if asked)."""
+        fields = ["meta", "revision", "embeddings"] + (["documents"] if with_documents else [])
+        values = await self._read(name, revision, fields)
         try:
             summary = records.decode_metadata(values[0], int(values[1]))
             embeddings = records.decode_embeddings(
@@ -201,14 +382,45 @@ class RedisStore:
             raise InternalError(f'stored context set "{name}" is corrupt: {exc}') from exc
         return records.assemble(summary, embeddings, documents)
 
-    async def get_summary(self, name: str) -> ContextSetSummary:
-        """The set's metadata (reads neither embeddings nor documents)."""
+    async def get_summary(self, name: str, *, revision: int | None = None) -> ContextSetSummary:
+        """The metadata of the active revision (or `revision`), one round trip."""
+        meta, stored_revision = await self._read(name, revision, ["meta", "revision"])
+        return self._summary(name, meta, stored_revision)
+
+    async def get_revisions(self, name: str) -> RevisionHistory:
+        """The retained revisions and the active one (one script call)."""
         async with self._guard():
-            values: list[Any] = await self._client.hmget(self._set_key(name), ["meta", "revision"])
-        meta, revision = values
-        if meta is None:
+            reply: list[Any] | None = await self._history_script(
+                keys=[self._set_key(name), self._inactive_key(name), self._counters_key],
+                args=[name, self._revision_prefix(name)],
+            )
+        if not reply:
             raise NotFoundError(f'context set "{name}" not found')
-        return self._summary(name, meta, revision)
+        active = int(reply[0])
+        latest = max(active, int(reply[1]) if reply[1] else 0)
+        summaries = [self._summary(name, reply[2], active)]
+        for index in range(3, len(reply), 2):
+            summaries.append(self._summary(name, reply[index + 1], reply[index]))
+        summaries.sort(key=lambda summary: summary.revision)
+        latest = max(latest, summaries[-1].revision)
+        return RevisionHistory(
+            name=name, active_revision=active, latest_revision=latest, revisions=tuple(summaries)
+        )
+
+    async def activate_context_set(self, name: str, revision: int) -> ContextSetSummary:
+        """Make a retained revision active; see `Store.activate_context_set`."""
+        async with self._guard():
+            outcome = int(
+                await self._activate_script(
+                    keys=[self._set_key(name), self._inactive_key(name)],
+                    args=[revision, self._revision_prefix(name)],
+                )
+            )
+        if outcome == -1:
+            raise NotFoundError(f'context set "{name}" not found')
+        if outcome == 0:
+            raise await self._missing(name, revision)
+        return await self.get_summary(name, revision=revision)
 
     def _summary(self, name: str, meta: Any, revision: Any) -> ContextSetSummary:
         try:
@@ -255,17 +467,35 @@ class RedisStore:
                 low = f"({names[-1]}"
         return summaries
 
-    async def delete_context_set(self, name: str) -> None:
-        """Delete the set; `NotFoundError` if absent."""
+    async def delete_context_set(self, name: str, *, revision: int | None = None) -> None:
+        """Delete the set or one inactive revision; see `Store.delete_context_set`."""
         async with self._guard():
-            deleted = int(
-                await self._delete_set_script(
-                    keys=[self._set_key(name), self._names_key, self._op_key()],
-                    args=[name, OP_MARKER_TTL_S],
+            if revision is None:
+                outcome = int(
+                    await self._delete_set_script(
+                        keys=[
+                            self._set_key(name),
+                            self._names_key,
+                            self._inactive_key(name),
+                            self._counters_key,
+                            self._op_key(),
+                        ],
+                        args=[name, OP_MARKER_TTL_S, self._revision_prefix(name)],
+                    )
                 )
-            )
-        if not deleted:
+            else:
+                outcome = int(
+                    await self._delete_revision_script(
+                        keys=[self._set_key(name), self._inactive_key(name), self._op_key()],
+                        args=[revision, OP_MARKER_TTL_S, self._revision_prefix(name)],
+                    )
+                )
+        if outcome == 0:
             raise NotFoundError(f'context set "{name}" not found')
+        if outcome == -1 and revision is not None:
+            raise await self._missing(name, revision)
+        if outcome == -2 and revision is not None:
+            raise active_revision_error(name, revision)
 
     # -- prompts --------------------------------------------------------------------------
 

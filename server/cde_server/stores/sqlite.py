@@ -4,6 +4,11 @@ A single connection on a dedicated thread serializes this process's calls; `BEGI
 serializes writers across processes sharing the file, so check-then-insert is atomic and
 concurrent creates of one name leave exactly one winner. Embeddings are float32 blobs,
 documents a JSON array; metadata columns come first so summaries never read the blobs.
+
+Schema version 2: `context_sets` holds each name's active revision, `context_set_revisions`
+the immutable revisions (name, revision), `context_set_revision_counters` the highest number
+each name ever had (kept after a delete, so numbers are never reused). A version-1 file (one
+row per name in `context_sets`) is migrated in place in one transaction when opened.
 """
 
 from __future__ import annotations
@@ -24,17 +29,30 @@ from cde_server.errors import (
 )
 from cde_server.private_files import ensure_private_dir, ensure_private_file, warn_if_shared
 from cde_server.stores import records
-from cde_server.stores.base import NAMESPACE_SEPARATOR, ContextSetSummary, StoredContextSet
+from cde_server.stores.base import (
+    DEFAULT_REVISIONS_KEPT,
+    NAMESPACE_SEPARATOR,
+    ContextSetSummary,
+    RevisionHistory,
+    StoredContextSet,
+    active_revision_error,
+    kept_revisions,
+    missing_revision_error,
+)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MEMORY = ":memory:"
 BUSY_TIMEOUT_S = 5.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS context_sets (
     name TEXT PRIMARY KEY NOT NULL,
+    active_revision INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS context_set_revisions (
+    name TEXT NOT NULL,
     revision INTEGER NOT NULL,
     created_at TEXT NOT NULL,
     model_fingerprint TEXT NOT NULL,
@@ -45,7 +63,12 @@ CREATE TABLE IF NOT EXISTS context_sets (
     context_size INTEGER NOT NULL,
     embedding_dim INTEGER NOT NULL,
     embeddings BLOB NOT NULL,
-    documents TEXT NOT NULL
+    documents TEXT NOT NULL,
+    PRIMARY KEY (name, revision)
+);
+CREATE TABLE IF NOT EXISTS context_set_revision_counters (
+    name TEXT PRIMARY KEY NOT NULL,
+    last_revision INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS prompts (
     name TEXT PRIMARY KEY NOT NULL,
@@ -53,9 +76,30 @@ CREATE TABLE IF NOT EXISTS prompts (
 );
 """
 
-_SUMMARY_COLUMNS = (
+# Version 1 -> 2: each old row becomes revision N (active) of its name; prompts are untouched.
+_MIGRATE_V1 = """
+ALTER TABLE context_sets RENAME TO context_sets_v1;
+{schema};
+INSERT INTO context_set_revisions (name, revision, created_at, model_fingerprint, prompt,
+    source_document_count, sampling, context_id, context_size, embedding_dim, embeddings,
+    documents)
+SELECT name, revision, created_at, model_fingerprint, prompt, source_document_count,
+    sampling, context_id, context_size, embedding_dim, embeddings, documents
+FROM context_sets_v1;
+INSERT INTO context_sets (name, active_revision) SELECT name, revision FROM context_sets_v1;
+INSERT INTO context_set_revision_counters (name, last_revision)
+SELECT name, revision FROM context_sets_v1;
+DROP TABLE context_sets_v1
+""".format(schema=_SCHEMA.strip().rstrip(";"))
+
+_REVISION_COLUMNS = (
     "name, revision, created_at, model_fingerprint, prompt, source_document_count, "
     "sampling, context_id, context_size, embedding_dim"
+)
+_SUMMARY_COLUMNS = ", ".join(f"r.{column.strip()}" for column in _REVISION_COLUMNS.split(","))
+_ACTIVE_JOIN = (
+    "context_sets s JOIN context_set_revisions r "
+    "ON r.name = s.name AND r.revision = s.active_revision"
 )
 
 
@@ -74,15 +118,15 @@ def _summary_from_row(row: tuple[Any, ...]) -> ContextSetSummary:
     )
 
 
-def _namespace_clause(namespace: str | None) -> tuple[str, tuple[str, ...]]:
+def _namespace_clause(namespace: str | None, column: str = "name") -> tuple[str, tuple[str, ...]]:
     """An `AND ...` SQL condition (and its parameters) keeping the names of `namespace`."""
     if namespace is None:
         return "", ()
     if not namespace:
-        return f"AND instr(name, '{NAMESPACE_SEPARATOR}') = 0", ()
+        return f"AND instr({column}, '{NAMESPACE_SEPARATOR}') = 0", ()
     low = namespace + NAMESPACE_SEPARATOR
     high = namespace + chr(ord(NAMESPACE_SEPARATOR) + 1)  # just past every "<namespace>/..."
-    return "AND name >= ? AND name < ?", (low, high)
+    return f"AND {column} >= ? AND {column} < ?", (low, high)
 
 
 class SqliteStore:
@@ -147,10 +191,16 @@ class SqliteStore:
                     f"server's {SCHEMA_VERSION}; upgrade cde-serve"
                 )
             connection.execute("BEGIN IMMEDIATE")
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                connection.execute(statement)
-            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            connection.execute("COMMIT")
+            try:  # re-read under the write lock: another process may have migrated meanwhile
+                version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+                script = _MIGRATE_V1 if version == 1 else _SCHEMA
+                for statement in filter(str.strip, script.split(";")):
+                    connection.execute(statement)
+                connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
         except BaseException:
             connection.close()
             raise
@@ -159,31 +209,39 @@ class SqliteStore:
     # -- context sets ---------------------------------------------------------------------
 
     async def create_context_set(
-        self, context_set: StoredContextSet, *, replace: bool
+        self,
+        context_set: StoredContextSet,
+        *,
+        replace: bool,
+        activate: bool = True,
+        keep: int = DEFAULT_REVISIONS_KEPT,
     ) -> StoredContextSet:
-        """Insert or atomically replace; see `Store.create_context_set`."""
-        revision = await self._run(self._create, context_set, replace)
+        """Add a revision atomically; see `Store.create_context_set`."""
+        revision = await self._run(self._create, context_set, replace, activate, keep)
         return context_set.with_revision(revision)
 
-    def _create(self, context_set: StoredContextSet, replace: bool) -> int:
+    def _create(
+        self, context_set: StoredContextSet, replace: bool, activate: bool, keep: int
+    ) -> int:
         db = self._db()
+        name = context_set.name
         db.execute("BEGIN IMMEDIATE")
         try:
             row = db.execute(
-                "SELECT revision FROM context_sets WHERE name = ?", (context_set.name,)
+                "SELECT active_revision FROM context_sets WHERE name = ?", (name,)
             ).fetchone()
             if row is not None and not replace:
                 raise AlreadyExistsError(
-                    f'context set "{context_set.name}" already exists; use replace to rebuild it'
+                    f'context set "{name}" already exists; use replace to rebuild it'
                 )
-            revision = 1 if row is None else int(row[0]) + 1
+            revision = self._last_revision(name) + 1
             db.execute(
-                "INSERT OR REPLACE INTO context_sets (name, revision, created_at, "
+                "INSERT INTO context_set_revisions (name, revision, created_at, "
                 "model_fingerprint, prompt, source_document_count, sampling, context_id, "
                 "context_size, embedding_dim, embeddings, documents) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    context_set.name,
+                    name,
                     revision,
                     records.format_time(context_set.created_at),
                     context_set.model_fingerprint,
@@ -197,29 +255,95 @@ class SqliteStore:
                     records.encode_documents(context_set.documents),
                 ),
             )
+            db.execute(
+                "INSERT INTO context_set_revision_counters (name, last_revision) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET last_revision = excluded.last_revision",
+                (name, revision),
+            )
+            active = revision if row is None or activate else int(row[0])
+            db.execute(
+                "INSERT INTO context_sets (name, active_revision) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET active_revision = excluded.active_revision",
+                (name, active),
+            )
+            self._prune(name, active, keep)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         return revision
 
-    async def get_context_set(self, name: str, *, with_documents: bool = False) -> StoredContextSet:
-        """The set with embeddings (and documents if asked); `NotFoundError` if absent."""
-        return await self._run(self._get, name, with_documents)
-
-    def _get(self, name: str, with_documents: bool) -> StoredContextSet:
-        documents_column = "documents" if with_documents else "NULL"
+    def _last_revision(self, name: str) -> int:
         row = (
             self._db()
             .execute(
-                f"SELECT {_SUMMARY_COLUMNS}, embeddings, {documents_column} "
-                "FROM context_sets WHERE name = ?",
-                (name,),
+                "SELECT last_revision FROM context_set_revision_counters WHERE name = ?", (name,)
             )
             .fetchone()
         )
+        return 0 if row is None else int(row[0])
+
+    def _retained(self, name: str) -> list[int]:
+        rows = (
+            self._db()
+            .execute(
+                "SELECT revision FROM context_set_revisions WHERE name = ? ORDER BY revision",
+                (name,),
+            )
+            .fetchall()
+        )
+        return [int(row[0]) for row in rows]
+
+    def _prune(self, name: str, active: int, keep: int) -> None:
+        retained = self._retained(name)
+        kept = kept_revisions(retained, active, keep)
+        for revision in retained:
+            if revision not in kept:
+                self._db().execute(
+                    "DELETE FROM context_set_revisions WHERE name = ? AND revision = ?",
+                    (name, revision),
+                )
+
+    def _missing(self, name: str, revision: int | None) -> NotFoundError:
+        """The NOT_FOUND error for a read that found nothing."""
+        row = (
+            self._db()
+            .execute("SELECT active_revision FROM context_sets WHERE name = ?", (name,))
+            .fetchone()
+        )
+        if row is None or revision is None:
+            return NotFoundError(f'context set "{name}" not found')
+        return missing_revision_error(
+            name, revision, self._last_revision(name), self._retained(name), int(row[0])
+        )
+
+    def _select_revision(
+        self, name: str, revision: int | None, extra_columns: str = ""
+    ) -> tuple[Any, ...]:
+        """One row: the summary columns (and `extra_columns`) of the active or given revision."""
+        if revision is None:
+            query = f"SELECT {_SUMMARY_COLUMNS}{extra_columns} FROM {_ACTIVE_JOIN} WHERE s.name = ?"
+            params: tuple[Any, ...] = (name,)
+        else:
+            query = (
+                f"SELECT {_SUMMARY_COLUMNS}{extra_columns} FROM context_set_revisions r "
+                "WHERE r.name = ? AND r.revision = ?"
+            )
+            params = (name, revision)
+        row = self._db().execute(query, params).fetchone()
         if row is None:
-            raise NotFoundError(f'context set "{name}" not found')
+            raise self._missing(name, revision)
+        return tuple(row)
+
+    async def get_context_set(
+        self, name: str, *, revision: int | None = None, with_documents: bool = False
+    ) -> StoredContextSet:
+        """The active revision (or `revision`) with embeddings (and documents if asked)."""
+        return await self._run(self._get, name, revision, with_documents)
+
+    def _get(self, name: str, revision: int | None, with_documents: bool) -> StoredContextSet:
+        documents_column = "r.documents" if with_documents else "NULL"
+        row = self._select_revision(name, revision, f", r.embeddings, {documents_column}")
         try:
             summary = _summary_from_row(row)
             embeddings = records.decode_embeddings(
@@ -230,19 +354,58 @@ class SqliteStore:
             raise InternalError(f'stored context set "{name}" is corrupt: {exc}') from exc
         return records.assemble(summary, embeddings, documents)
 
-    async def get_summary(self, name: str) -> ContextSetSummary:
-        """The set's metadata; `NotFoundError` if absent."""
-        return await self._run(self._get_summary, name)
+    async def get_summary(self, name: str, *, revision: int | None = None) -> ContextSetSummary:
+        """The metadata of the active revision (or `revision`), one query."""
+        return await self._run(self._get_summary, name, revision)
 
-    def _get_summary(self, name: str) -> ContextSetSummary:
-        row = (
-            self._db()
-            .execute(f"SELECT {_SUMMARY_COLUMNS} FROM context_sets WHERE name = ?", (name,))
-            .fetchone()
+    def _get_summary(self, name: str, revision: int | None) -> ContextSetSummary:
+        return _summary_from_row(self._select_revision(name, revision))
+
+    async def get_revisions(self, name: str) -> RevisionHistory:
+        """The retained revisions and the active one."""
+        return await self._run(self._get_revisions, name)
+
+    def _get_revisions(self, name: str) -> RevisionHistory:
+        db = self._db()
+        db.execute("BEGIN")  # one snapshot for the three reads
+        try:
+            row = db.execute(
+                "SELECT active_revision FROM context_sets WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f'context set "{name}" not found')
+            rows = db.execute(
+                f"SELECT {_REVISION_COLUMNS} FROM context_set_revisions WHERE name = ? "
+                "ORDER BY revision",
+                (name,),
+            ).fetchall()
+            latest = self._last_revision(name)
+        finally:
+            db.execute("COMMIT")
+        return RevisionHistory(
+            name=name,
+            active_revision=int(row[0]),
+            latest_revision=latest,
+            revisions=tuple(_summary_from_row(r) for r in rows),
         )
-        if row is None:
-            raise NotFoundError(f'context set "{name}" not found')
-        return _summary_from_row(row)
+
+    async def activate_context_set(self, name: str, revision: int) -> ContextSetSummary:
+        """Make a retained revision active; see `Store.activate_context_set`."""
+        return await self._run(self._activate, name, revision)
+
+    def _activate(self, name: str, revision: int) -> ContextSetSummary:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            summary = _summary_from_row(self._select_revision(name, revision))
+            db.execute(
+                "UPDATE context_sets SET active_revision = ? WHERE name = ?", (revision, name)
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return summary
 
     async def list_context_sets(
         self, *, after: str | None, limit: int, namespace: str | None = None
@@ -253,21 +416,47 @@ class SqliteStore:
     def _list(
         self, after: str | None, limit: int, namespace: str | None
     ) -> list[ContextSetSummary]:
-        where, params = _namespace_clause(namespace)
+        where, params = _namespace_clause(namespace, "s.name")
         rows = (
             self._db()
             .execute(
-                f"SELECT {_SUMMARY_COLUMNS} FROM context_sets WHERE name > ? {where} "
-                "ORDER BY name LIMIT ?",
+                f"SELECT {_SUMMARY_COLUMNS} FROM {_ACTIVE_JOIN} WHERE s.name > ? {where} "
+                "ORDER BY s.name LIMIT ?",
                 (after or "", *params, max(limit, 0)),
             )
             .fetchall()
         )
         return [_summary_from_row(row) for row in rows]
 
-    async def delete_context_set(self, name: str) -> None:
-        """Delete the set; `NotFoundError` if absent."""
-        await self._run(self._delete, "context_sets", name, "context set")
+    async def delete_context_set(self, name: str, *, revision: int | None = None) -> None:
+        """Delete the set or one inactive revision; see `Store.delete_context_set`."""
+        await self._run(self._delete_context_set, name, revision)
+
+    def _delete_context_set(self, name: str, revision: int | None) -> None:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT active_revision FROM context_sets WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f'context set "{name}" not found')
+            if revision is None:
+                db.execute("DELETE FROM context_set_revisions WHERE name = ?", (name,))
+                db.execute("DELETE FROM context_sets WHERE name = ?", (name,))
+            elif revision == int(row[0]):
+                raise active_revision_error(name, revision)
+            else:
+                cursor = db.execute(
+                    "DELETE FROM context_set_revisions WHERE name = ? AND revision = ?",
+                    (name, revision),
+                )
+                if cursor.rowcount == 0:
+                    raise self._missing(name, revision)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _delete(self, table: str, name: str, kind: str) -> None:
         cursor = self._db().execute(f"DELETE FROM {table} WHERE name = ?", (name,))
