@@ -30,7 +30,7 @@ from cde_server.gateway.call_scope import ActiveCall
 from cde_server.gateway.limits import TenantLimiter
 from cde_server.gateway.metrics import GatewayMetrics
 from cde_server.gateway.settings import GatewaySettings
-from cde_server.inference.interface import ContextRef, Inference, ServedModelInfo
+from cde_server.inference.interface import ContextRef, Encoded, Inference, ServedModelInfo
 from cde_server.inference.served_model import ServedModel
 from cde_server.stores.base import ContextSetSummary, Store
 
@@ -48,6 +48,21 @@ class EmbedInput:
     context_set: str = ""
     normalize: bool = True
     truncate: bool = True
+    revision: int | None = None
+    """The context set's revision the caller expects (None: whichever is current)."""
+
+
+@dataclass(frozen=True)
+class TokenEmbedInput:
+    """An Embed call on pre-tokenized input: rows of the served tokenizer's ids, without
+    special tokens (the prompt's tokens and [CLS]/[SEP] are added around each row)."""
+
+    rows: Sequence[Sequence[int]]
+    prompt: str = ""
+    context_set: str = ""
+    normalize: bool = True
+    truncate: bool = True
+    revision: int | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,15 @@ class ContextSetPage:
     model_fingerprint: str
 
 
+def _require_revision(what: str, current: int, wanted: int | None) -> None:
+    """NOT_FOUND unless `wanted` is None or the current revision."""
+    if wanted is not None and wanted != current:
+        raise NotFoundError(
+            f"{what} has revision {current}; revision {wanted} does not exist (only the "
+            "current revision is kept)"
+        )
+
+
 class EmbeddingService:
     """The service's operations; each takes the `ActiveCall` its transport opened."""
 
@@ -127,7 +151,7 @@ class EmbeddingService:
         prompt = await self._prompts_of(call).resolve(request.prompt)
         info = await self._model.info()
         context, revision = await self._context(
-            request.context_set, info.fingerprint, self._store_of(call)
+            request.context_set, info.fingerprint, self._store_of(call), request.revision
         )
         encoded = await self._inference.embed(
             [prompt.apply(text) for text in texts],
@@ -136,18 +160,72 @@ class EmbeddingService:
             allow_truncation=request.truncate,
             timeout_s=timeout_s,
         )
-        self._metrics.embedded("second", len(texts), int(encoded.token_counts.sum()))
+        return self._result(encoded, info, request.context_set, revision, request.normalize)
+
+    async def embed_tokens(self, call: ActiveCall, request: TokenEmbedInput) -> EmbedResult:
+        """`embed` for token ids: checked against the vocabulary, framed by the prompt's
+        tokens, cut to max_tokens (or refused without truncation)."""
+        timeout_s = call.timeout_s()
+        prompt = await self._prompts_of(call).resolve(request.prompt)
+        info = await self._model.info()
+        rows = self._checked_token_rows(request.rows, info.vocab_size)
+        context, revision = await self._context(
+            request.context_set, info.fingerprint, self._store_of(call), request.revision
+        )
+        encoded = await self._inference.embed_tokens(
+            rows,
+            prompt.apply(""),
+            context,
+            max_tokens=info.max_tokens,
+            allow_truncation=request.truncate,
+            timeout_s=timeout_s,
+        )
+        return self._result(encoded, info, request.context_set, revision, request.normalize)
+
+    def _result(
+        self,
+        encoded: Encoded,
+        info: ServedModelInfo,
+        context_set: str,
+        revision: int,
+        normalize: bool,
+    ) -> EmbedResult:
+        """Count the work, normalize on request, and package the rows."""
+        self._metrics.embedded("second", len(encoded.vectors), int(encoded.token_counts.sum()))
         vectors = encoded.vectors
-        if request.normalize:
+        if normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, _NORM_FLOOR)
         return EmbedResult(
             vectors=vectors.astype(np.float32, copy=False),
             model_id=info.fingerprint,
-            context_set=request.context_set,
+            context_set=context_set,
             context_revision=revision,
             token_counts=[int(count) for count in encoded.token_counts],
         )
+
+    def _checked_token_rows(
+        self, rows: Sequence[Sequence[int]], vocab_size: int
+    ) -> Sequence[Sequence[int]]:
+        limit = self.settings.max_texts_per_request
+        if not rows:
+            raise InvalidArgumentError(f"the input is empty; send 1 to {limit} token-id lists")
+        if len(rows) > limit:
+            raise InvalidArgumentError(
+                f"{len(rows)} token-id lists in one request; the limit is {limit}"
+            )
+        for index, row in enumerate(rows):
+            if not row:
+                raise InvalidArgumentError(f"input[{index}] has no token ids; send at least 1")
+            low, high = min(row), max(row)
+            if low < 0 or (vocab_size and high >= vocab_size):
+                bad = low if low < 0 else high
+                bound = vocab_size if vocab_size else "the vocabulary size"
+                raise InvalidArgumentError(
+                    f"input[{index}] has token id {bad}; ids must lie in [0, {bound}) "
+                    "(ids of the served model's own tokenizer)"
+                )
+        return rows
 
     def _checked_texts(self, texts: Sequence[str]) -> Sequence[str]:
         limit = self.settings.max_texts_per_request
@@ -164,14 +242,17 @@ class EmbeddingService:
         return texts
 
     async def _context(
-        self, name: str, fingerprint: str, store: TenantStore
+        self, name: str, fingerprint: str, store: TenantStore, revision: int | None = None
     ) -> tuple[ContextRef, int]:
-        """The context to embed with and its revision ("" → the built-in default, revision 0)."""
+        """The context to embed with and its revision ("" → the built-in default, revision 0);
+        `revision`, when given, must be the current one (only that one is kept)."""
         if not name:
+            _require_revision("the built-in default context", 0, revision)
             default, _ = await self._model.default_context()
             return default, 0
         validate_context_set_name(name)
         summary = await store.get_summary(name)
+        _require_revision(f'context set "{name}"', summary.revision, revision)
         context_sets.require_compatible(summary, fingerprint)
 
         async def load() -> FloatMatrix:
