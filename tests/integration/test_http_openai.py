@@ -13,6 +13,7 @@ import openai
 import pytest
 from cde_client import CdeClient
 from cde_model.tokenizer import TextTokenizer
+
 from integration.conftest import TenantKeys, http_url
 
 DOCS = ["the cat sat on the mat", "stock markets fell sharply", "a recipe for apple pie"]
