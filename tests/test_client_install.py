@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-HEAVY_PACKAGES = ("torch", "transformers", "tritonclient", "pytriton", "pydantic", "redis", "tqdm")
+HEAVY_PACKAGES = (
+    "torch", "transformers", "tritonclient", "pytriton", "pydantic", "redis", "tqdm",
+    "fastapi", "uvicorn", "langchain_core", "llama_index", "openai",
+)  # fmt: skip
 # What a source distribution holds; without caches, build outputs or generated protobuf code.
 SOURCE_ENTRIES = (
     "pyproject.toml",

@@ -30,6 +30,13 @@ def base_url(gateway: Any) -> str:
 
 
 @pytest.fixture(scope="session")
+def gateway_address(gateway: Any) -> str:
+    """The session gateway's gRPC host:port."""
+    address: str = gateway.address
+    return address
+
+
+@pytest.fixture(scope="session")
 def served_model(gateway: Any) -> str:
     """The served model's name (its own model id in /v1/models)."""
     with CdeClient(gateway.address) as client:
