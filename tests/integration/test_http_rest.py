@@ -9,6 +9,7 @@ import json
 import re
 import shlex
 import subprocess
+import time
 from typing import Any
 
 import httpx
@@ -125,6 +126,17 @@ def test_probes_openapi_docs_and_request_ids(api: httpx.Client) -> None:
     assert missing.status_code == 404 and set(missing.json()["error"]) == {
         "message", "type", "param", "code"
     }  # fmt: skip
+
+
+def test_answers_are_not_held_back_by_nagle(api: httpx.Client) -> None:
+    """Responses go out at once (TCP_NODELAY on accepted sockets), not after a delayed ACK."""
+    api.get("/healthz")
+    durations = []
+    for _ in range(11):
+        started = time.perf_counter()
+        api.get("/healthz")
+        durations.append(time.perf_counter() - started)
+    assert sorted(durations)[5] < 0.02, durations  # Nagle + delayed ACK: about 40 ms each
 
 
 def test_not_serving_is_503_on_readyz(gateway_factory: Any) -> None:
