@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-fast lint proto bench bench-model bench-triton bench-gateway gpu-check-dry-run lint-deploy loadtest soak clean
+.PHONY: install run test test-fast lint proto bench bench-model bench-triton bench-gateway bench-http gpu-check-dry-run lint-deploy loadtest soak clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard proto/cde/v1/*.proto)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench-triton: install
 
 bench-gateway: install
 	HF_HUB_OFFLINE=1 $(BIN)/python loadtest/bench_gateway.py
+
+## /v1/embeddings (float, base64) vs gRPC Embed on the demo model at c = 1/8/32; writes the
+## "HTTP API" section of loadtest/RESULTS.md.
+bench-http: install
+	HF_HUB_OFFLINE=1 $(BIN)/python loadtest/bench_http.py
 
 ## One side-by-side run of every path (in-process, Triton, gateway + client), with a plot.
 bench: install

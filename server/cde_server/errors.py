@@ -66,6 +66,10 @@ class ResourceExhaustedError(ServiceError):
         self.retry_after = retry_after
 
 
+class MessageTooLargeError(ResourceExhaustedError):
+    """A request message or body is larger than the server accepts (HTTP: 413)."""
+
+
 class UnavailableError(ServiceError):
     """A dependency is unreachable; the request may be retried later."""
 

@@ -6,7 +6,10 @@ from pathlib import Path
 
 from support.fresh_install import install_fresh, run
 
-HEAVY_PACKAGES = ("torch", "transformers", "tritonclient", "pytriton", "pydantic", "redis", "tqdm")
+HEAVY_PACKAGES = (
+    "torch", "transformers", "tritonclient", "pytriton", "pydantic", "redis", "tqdm",
+    "fastapi", "uvicorn", "langchain_core", "llama_index", "openai",
+)  # fmt: skip
 
 CHECK = """
 import importlib.util, sys

@@ -231,14 +231,14 @@ def test_metrics_endpoint(gateway_factory: GatewayFactory) -> None:
             stub.Embed(pb.EmbedRequest())
     assert gateway.gateway is not None
     url = f"http://127.0.0.1:{gateway.gateway.metrics_port}/metrics"
-    failed = 'cde_gateway_requests_total{code="INVALID_ARGUMENT",rpc="Embed"} 1.0'
+    failed = 'cde_gateway_requests_total{code="INVALID_ARGUMENT",rpc="Embed",transport="grpc"} 1.0'
     deadline = time.monotonic() + 10
     while True:  # a call is counted just after its status reaches the client
         text = urllib.request.urlopen(url, timeout=10).read().decode()
         if failed in text or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    assert 'cde_gateway_requests_total{code="OK",rpc="Embed"} 1.0' in text
+    assert 'cde_gateway_requests_total{code="OK",rpc="Embed",transport="grpc"} 1.0' in text
     assert failed in text
     assert 'cde_gateway_texts_total{stage="second"} 2.0' in text
     assert "cde_gateway_request_duration_seconds_bucket" in text

@@ -53,6 +53,20 @@ class FakeInference:
         counts = np.array([len(t) for t in texts], dtype=np.int64)
         return Encoded(vectors, counts, counts >= max_tokens)
 
+    async def embed_tokens(
+        self,
+        rows: Sequence[Sequence[int]],
+        prefix: str,
+        context: ContextRef,
+        *,
+        max_tokens: int,
+        allow_truncation: bool = True,
+        timeout_s: float | None = None,
+    ) -> Encoded:
+        return await self.embed(
+            [prefix + " ".join(map(str, row)) for row in rows], context, max_tokens=max_tokens
+        )
+
     async def embed_context(
         self, documents: Sequence[str], *, timeout_s: float | None = None
     ) -> Encoded:

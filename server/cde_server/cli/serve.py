@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument("--host", help="listen address (CDE_HOST, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="gRPC port (CDE_PORT, 50051)")
+    parser.add_argument(
+        "--http-port", help="HTTP API port, or off (CDE_HTTP_PORT, 8080; 0: a free one)"
+    )
     parser.add_argument("--store", help="sqlite:///path or redis://host:port/db (CDE_STORE)")
     parser.add_argument(
         "--triton-url",
@@ -69,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         "dtype": args.dtype,
         "host": args.host,
         "port": args.port,
+        "http_port": args.http_port,
         "store": args.store,
         "triton_url": args.triton_url,
         "metrics_port": args.metrics_port,
@@ -198,6 +202,8 @@ async def _announce(gateway: Gateway) -> None:
             f"{info.dtype} on {info.device}, fingerprint {info.fingerprint[:12]})",
             flush=True,
         )
+    http_url = gateway.http_url
+    print(f"  http: {http_url or 'off (CDE_HTTP_PORT=off)'}", flush=True)
     for line in gateway.security_summary():
         print(f"  {line}", flush=True)
     if gateway.settings.tls_cert is None and not gateway.authenticator.enabled:
@@ -207,6 +213,17 @@ async def _announce(gateway: Gateway) -> None:
             f"http://{address}/cde.v1.EmbeddingService/GetModelInfo",
             flush=True,
         )
+    if http_url is not None:
+        key = " -H 'Authorization: Bearer $CDE_API_KEY'" if gateway.authenticator.enabled else ""
+        model = gateway.model.cached_info.name if gateway.model.cached_info else "<model>"
+        tls = " --cacert <CA file>" if gateway.settings.tls_cert is not None else ""
+        print(
+            f"        curl{tls}{key} -H 'Content-Type: application/json' "
+            f'{http_url}/v1/embeddings -d \'{{"model": "{model}:query", '
+            '"input": "hello world"}\'',
+            flush=True,
+        )
+        print(f"        OpenAPI: {http_url}/openapi.json, docs: {http_url}/docs", flush=True)
     print("  stop: Ctrl-C", flush=True)
 
 

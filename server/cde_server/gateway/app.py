@@ -1,8 +1,10 @@
-"""The gateway process: a grpc.aio server with EmbeddingService, health, reflection, metrics.
+"""The gateway process: a grpc.aio server with EmbeddingService, health, reflection, metrics,
+and the HTTP API (`gateway.http`, uvicorn on the same event loop) over the same operations.
 
 `Gateway(settings)` wires store, Triton client, service and health monitor; `start()` binds
-the port (returning it), `stop()` stops gracefully: health turns NOT_SERVING, new calls are
-refused, in-flight calls get `shutdown_grace_s`, then connections and the store are closed.
+the ports (returning the gRPC one; `http_port` is the HTTP one, None when CDE_HTTP_PORT=off),
+`stop()` stops gracefully: health turns NOT_SERVING, new calls are refused, in-flight calls
+get `shutdown_grace_s`, then connections and the store are closed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from cde_server.gateway.call_scope import CallScopes
 from cde_server.gateway.decoding import DecodeGuard, MessageLimits
 from cde_server.gateway.grpc_service import GrpcEmbeddingService
 from cde_server.gateway.health import HealthMonitor
+from cde_server.gateway.http.app import create_http_app
+from cde_server.gateway.http.server import HttpListener
 from cde_server.gateway.limits import tenant_limiter
 from cde_server.gateway.metrics import GatewayMetrics
 from cde_server.gateway.service import EmbeddingService
@@ -61,6 +65,8 @@ class Gateway:
         )
         self.model = ServedModel(self.inference, document_prefix=BUILTIN_PROMPTS[DEFAULT_PROMPT])
         self.port = 0
+        self.http_port: int | None = None
+        self._http: HttpListener | None = None
         self.health_port: int | None = None
         self._health_server: grpc.aio.Server | None = None
         self.metrics_port: int | None = None
@@ -78,6 +84,13 @@ class Gateway:
     def address(self) -> str:
         """host:port clients connect to."""
         return f"{self.settings.host}:{self.port}"
+
+    @property
+    def http_url(self) -> str | None:
+        """Base URL of the HTTP API (None when it is off)."""
+        if self._http is None or self.http_port is None:
+            return None
+        return f"{self._http.scheme}://{self.settings.host}:{self.http_port}"
 
     async def start(self) -> int:
         """Open the store, bind the port and start serving; returns the bound port."""
@@ -138,6 +151,12 @@ class Gateway:
         await self._health.start()
         await server.start()
         self._server = server
+        if s.http_port is not None:
+            health = self._health
+            self._http = HttpListener(
+                create_http_app(self.service, calls, lambda: health.serving), s
+            )
+            self.http_port = await self._http.start()
         if s.health_port is not None:
             self._health_server, self.health_port = await listeners.start_health_server(
                 s, self._health.servicer
@@ -147,8 +166,9 @@ class Gateway:
         if s.warm_up_default_context:
             self._warm_up = asyncio.create_task(self.model.warm_up())
         logger.info(
-            "gateway listening on %s (Triton %s, store %s, %s)",
+            "gateway listening on %s, HTTP %s (Triton %s, store %s, %s)",
             self.address,
+            self.http_url or "off",
             self.inference.describe(),
             redacted_url(s.store),
             "SERVING" if self._health.serving else "NOT_SERVING",
@@ -162,9 +182,14 @@ class Gateway:
             self._warm_up.cancel()
         if self._health is not None:
             await self._health.stop()
+        stopping = []
+        if self._http is not None:
+            stopping.append(self._http.stop(grace))
         if self._server is not None:
-            await self._server.stop(grace)
-            self._server = None
+            stopping.append(self._server.stop(grace))
+        await asyncio.gather(*stopping)
+        self._server = None
+        self._http = None
         if self._health_server is not None:
             await self._health_server.stop(0)
             self._health_server = None

@@ -1,11 +1,12 @@
-"""What happens around every RPC: request id in and out, API key and rate limit, deadline,
-status mapping, metrics, log.
+"""What happens around every call, whatever its transport: request id in and out, API key and
+rate limit, deadline, status mapping, metrics, log.
 
-Handlers run their work inside `async with scopes.open(rpc, context) as call:`; entering
-authenticates the caller (`call.tenant`) and takes a token of its tenant's rate limit. A
-domain error raised there becomes the call's gRPC status (via `status.status_of`, with a
-`retry-after` trailer when the error has a hint), and the call is counted and logged once,
-with its request id, tenant, code and duration.
+`CallScopes` holds the transport-neutral parts: `admit` (API key → tenant, rate limit, counted
+rejections) and `finish` (metrics with a `transport` label, one JSON log line with request id,
+tenant, code and duration). gRPC handlers run their work inside
+`async with scopes.open(rpc, context) as call:` (`CallScope`); a domain error raised there
+becomes the call's gRPC status (via `status.status_of`, with a `retry-after` trailer when the
+error has a hint). The HTTP API (`gateway.http`) uses the same `admit` and `finish`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import asyncio
 import contextvars
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 import grpc
 
@@ -44,6 +47,10 @@ class ActiveCall:
     tenant: str = ""
     """The caller's tenant ("" when authentication is off): every store access is scoped to it."""
     admin: bool = False
+    transport: str = "grpc"
+    """"grpc" or "http": a label of the call's metrics and a field of its log line."""
+    log_fields: dict[str, object] = field(default_factory=dict)
+    """Extra fields for the call's log line (e.g. the OpenAI `user`)."""
 
     def timeout_s(self) -> float | None:
         """Seconds left before the caller's deadline (None: no deadline)."""
@@ -70,24 +77,11 @@ class CallScope:
         call = self._call
         self._token = current_request_id.set(call.request_id)
         self._rpc_context.set_trailing_metadata(((REQUEST_ID_HEADER, call.request_id),))
-        peer = str(self._rpc_context.peer() or "")
         try:
-            self._scopes.auth_throttle.check(peer)
-        except ResourceExhaustedError as exc:
-            self._scopes.rejected("auth_throttle")
-            await self.__aexit__(type(exc), exc, exc.__traceback__)  # aborts: raises AbortError
-            raise  # not reached
-        try:
-            principal = self._scopes.authenticator.authenticate(
-                self._rpc_context.invocation_metadata()
+            self._scopes.admit(
+                call, self._rpc_context.invocation_metadata(), str(self._rpc_context.peer() or "")
             )
-            call.tenant, call.admin = principal.tenant, principal.admin
-            self._scopes.limiter.admit(call.tenant)
         except (UnauthenticatedError, ResourceExhaustedError) as exc:
-            if isinstance(exc, UnauthenticatedError):
-                self._scopes.auth_throttle.failed(peer)
-            reason = "unauthenticated" if isinstance(exc, UnauthenticatedError) else "rate_limit"
-            self._scopes.rejected(reason)
             await self.__aexit__(type(exc), exc, exc.__traceback__)  # aborts: raises AbortError
             raise  # not reached
         return call
@@ -134,6 +128,30 @@ class CallScopes:
         self.limiter = limiter or TenantLimiter(lambda _tenant: Limits())
         self.auth_throttle = FailedAuthThrottle()
 
+    def admit(
+        self, call: ActiveCall, metadata: Iterable[tuple[str, Any]] | None, peer: str = ""
+    ) -> None:
+        """Authenticate the caller from `metadata` (gRPC metadata or HTTP headers) and take a
+        token of its tenant's rate limit; a refusal is counted and raised
+        (UnauthenticatedError, ResourceExhaustedError). An address (`peer`) that keeps failing
+        authentication is refused for a while (FailedAuthThrottle)."""
+        try:
+            self.auth_throttle.check(peer)
+        except ResourceExhaustedError:
+            self.rejected("auth_throttle")
+            raise
+        try:
+            principal = self.authenticator.authenticate(metadata)
+            call.tenant, call.admin = principal.tenant, principal.admin
+            self.limiter.admit(call.tenant)
+        except UnauthenticatedError:
+            self.auth_throttle.failed(peer)
+            self.rejected("unauthenticated")
+            raise
+        except ResourceExhaustedError:
+            self.rejected("rate_limit")
+            raise
+
     def rejected(self, reason: str) -> None:
         """Count a call refused before its work (unauthenticated, rate or stream limit)."""
         self._metrics.rejections.labels(reason).inc()
@@ -142,14 +160,14 @@ class CallScopes:
         """`async with scopes.open("Embed", rpc_context) as call:` around the RPC's work."""
         return CallScope(self, rpc, rpc_context)
 
-    def item_done(self, rpc: str, code: str, started: float) -> None:
+    def item_done(self, rpc: str, code: str, started: float, transport: str = "grpc") -> None:
         """Count one item of a stream (no log line: the stream logs once)."""
-        self._metrics.request_done(rpc, code, time.perf_counter() - started)
+        self._metrics.request_done(rpc, code, time.perf_counter() - started, transport)
 
     def finish(self, call: ActiveCall) -> None:
         """Count and log a finished call."""
         seconds = time.perf_counter() - call.started
-        self._metrics.request_done(call.rpc, call.code, seconds)
+        self._metrics.request_done(call.rpc, call.code, seconds, call.transport)
         level = logging.WARNING if call.code in _SERVER_FAULTS else logging.INFO
         logger.log(
             level,
@@ -157,9 +175,11 @@ class CallScopes:
             call.rpc,
             call.code,
             extra={
+                **call.log_fields,
                 "rpc": call.rpc,
                 "code": call.code,
                 "tenant": call.tenant,
+                "transport": call.transport,
                 "duration_ms": round(seconds * 1000, 2),
             },
         )

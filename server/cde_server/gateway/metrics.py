@@ -22,14 +22,15 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "cde_gateway_requests",
-            "Finished RPCs (EmbedStream items count under rpc=EmbedStreamItem) by status code",
-            ["rpc", "code"],
+            "Finished calls (EmbedStream items count under rpc=EmbedStreamItem) by status code "
+            "and transport (grpc, http)",
+            ["rpc", "code", "transport"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "cde_gateway_request_duration_seconds",
-            "RPC latency in seconds",
-            ["rpc"],
+            "Call latency in seconds, by RPC and transport (grpc, http)",
+            ["rpc", "transport"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -123,10 +124,10 @@ class GatewayMetrics:
         self.triton_endpoint_calls.labels(endpoint, result).inc()
 
     # --- gateway ------------------------------------------------------------------------------
-    def request_done(self, rpc: str, code: str, seconds: float) -> None:
-        """Record one finished RPC."""
-        self.requests.labels(rpc, code).inc()
-        self.latency.labels(rpc).observe(seconds)
+    def request_done(self, rpc: str, code: str, seconds: float, transport: str = "grpc") -> None:
+        """Record one finished call."""
+        self.requests.labels(rpc, code, transport).inc()
+        self.latency.labels(rpc, transport).observe(seconds)
 
     def embedded(self, stage: str, texts: int, tokens: int) -> None:
         """Record texts and tokens sent through a stage ("first" or "second")."""

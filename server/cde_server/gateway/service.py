@@ -37,7 +37,7 @@ from cde_server.gateway.call_scope import ActiveCall
 from cde_server.gateway.limits import TenantLimiter
 from cde_server.gateway.metrics import GatewayMetrics
 from cde_server.gateway.settings import GatewaySettings
-from cde_server.inference.interface import ContextRef, Inference, ServedModelInfo
+from cde_server.inference.interface import ContextRef, Encoded, Inference, ServedModelInfo
 from cde_server.inference.served_model import ServedModel
 from cde_server.stores.base import ContextSetSummary, RevisionHistory, Store
 
@@ -53,6 +53,21 @@ class EmbedInput:
     context_set: str = ""
     normalize: bool = True
     truncate: bool = True
+    revision: int | None = None
+    """The context set's revision the caller expects (None: whichever is current)."""
+
+
+@dataclass(frozen=True)
+class TokenEmbedInput:
+    """An Embed call on pre-tokenized input: rows of the served tokenizer's ids, without
+    special tokens (the prompt's tokens and [CLS]/[SEP] are added around each row)."""
+
+    rows: Sequence[Sequence[int]]
+    prompt: str = ""
+    context_set: str = ""
+    normalize: bool = True
+    truncate: bool = True
+    revision: int | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +156,7 @@ class EmbeddingService:
         prompt = await self._prompts_of(call).resolve(request.prompt)
         info = await self._model.info()
         context, revision = await self._context(
-            request.context_set, info.fingerprint, self._store_of(call)
+            request.context_set, info.fingerprint, self._store_of(call), request.revision
         )
         async with self._admission.admit(call.tenant, len(texts), call.deadline):
             encoded = await self._inference.embed(
@@ -151,17 +166,71 @@ class EmbeddingService:
                 allow_truncation=request.truncate,
                 timeout_s=call.timeout_s(),
             )
-        self._metrics.embedded("second", len(texts), int(encoded.token_counts.sum()))
+        return self._result(encoded, info, request.context_set, revision, request.normalize)
+
+    async def embed_tokens(self, call: ActiveCall, request: TokenEmbedInput) -> EmbedResult:
+        """`embed` for token ids: checked against the vocabulary, framed by the prompt's
+        tokens, cut to max_tokens (or refused without truncation)."""
+        prompt = await self._prompts_of(call).resolve(request.prompt)
+        info = await self._model.info()
+        rows = self._checked_token_rows(request.rows, info.vocab_size)
+        context, revision = await self._context(
+            request.context_set, info.fingerprint, self._store_of(call), request.revision
+        )
+        async with self._admission.admit(call.tenant, len(rows), call.deadline):
+            encoded = await self._inference.embed_tokens(
+                rows,
+                prompt.apply(""),
+                context,
+                max_tokens=info.max_tokens,
+                allow_truncation=request.truncate,
+                timeout_s=call.timeout_s(),
+            )
+        return self._result(encoded, info, request.context_set, revision, request.normalize)
+
+    def _result(
+        self,
+        encoded: Encoded,
+        info: ServedModelInfo,
+        context_set: str,
+        revision: int,
+        normalize: bool,
+    ) -> EmbedResult:
+        """Count the work, normalize on request, and package the rows."""
+        self._metrics.embedded("second", len(encoded.vectors), int(encoded.token_counts.sum()))
         vectors = encoded.vectors
-        if request.normalize:
+        if normalize:
             vectors = normalize_rows(vectors)
         return EmbedResult(
             vectors=vectors.astype(np.float32, copy=False),
             model_id=info.fingerprint,
-            context_set=request.context_set,
+            context_set=context_set,
             context_revision=revision,
             token_counts=[int(count) for count in encoded.token_counts],
         )
+
+    def _checked_token_rows(
+        self, rows: Sequence[Sequence[int]], vocab_size: int
+    ) -> Sequence[Sequence[int]]:
+        limit = self.settings.max_texts_per_request
+        if not rows:
+            raise InvalidArgumentError(f"the input is empty; send 1 to {limit} token-id lists")
+        if len(rows) > limit:
+            raise InvalidArgumentError(
+                f"{len(rows)} token-id lists in one request; the limit is {limit}"
+            )
+        for index, row in enumerate(rows):
+            if not row:
+                raise InvalidArgumentError(f"input[{index}] has no token ids; send at least 1")
+            low, high = min(row), max(row)
+            if low < 0 or (vocab_size and high >= vocab_size):
+                bad = low if low < 0 else high
+                bound = vocab_size if vocab_size else "the vocabulary size"
+                raise InvalidArgumentError(
+                    f"input[{index}] has token id {bad}; ids must lie in [0, {bound}) "
+                    "(ids of the served model's own tokenizer)"
+                )
+        return rows
 
     def _checked_texts(self, texts: Sequence[str]) -> Sequence[str]:
         limit = self.settings.max_texts_per_request
@@ -178,19 +247,30 @@ class EmbeddingService:
         return texts
 
     async def _context(
-        self, requested: str, fingerprint: str, store: TenantStore
+        self, requested: str, fingerprint: str, store: TenantStore, revision: int | None = None
     ) -> tuple[ContextRef, int]:
         """The context to embed with and its revision ("" → the built-in default, revision 0).
 
-        `name` resolves to the active revision, `name@N` to revision N, in one store read;
-        a cache miss loads exactly that revision (immutable, so it cannot change under us).
+        `name` resolves to the active revision, `name@N` (or `revision` = N, as the HTTP
+        model string gives it) to revision N, in one store read; a cache miss loads exactly
+        that revision (immutable, so it cannot change under us).
         """
         if not requested:
+            if revision not in (None, 0):
+                raise NotFoundError(
+                    f"the built-in default context has only revision 0, not {revision}"
+                )
             default, _ = await self._model.default_context()
             return default, 0
         reference = parse_context_set_reference(requested)
+        if revision is not None and reference.revision not in (None, revision):
+            raise InvalidArgumentError(
+                f"{requested} names revision {reference.revision} but revision {revision} "
+                "was asked for"
+            )
         name = reference.name
-        summary = await store.get_summary(name, revision=reference.revision)
+        pinned = reference.revision if revision is None else revision
+        summary = await store.get_summary(name, revision=pinned)
         context_sets.require_compatible(summary, fingerprint)
 
         async def load() -> FloatMatrix:

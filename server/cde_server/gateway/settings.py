@@ -40,6 +40,12 @@ class GatewaySettings(BaseSettings):
     dtype: Dtype = Field(default="float32", description="weights dtype for the embedded Triton")
     host: str = Field(default="127.0.0.1", description="address the gateway listens on")
     port: int = Field(default=50051, ge=0, le=65535, description="gRPC port (0: pick a free one)")
+    http_port: int | None = Field(
+        default=8080,
+        ge=0,
+        le=65535,
+        description="HTTP port: OpenAI-compatible /v1/embeddings and REST (0: a free one; off)",
+    )
     store: str = Field(default_factory=default_store_url, description="sqlite:///path or redis://")
     triton_url: str | None = Field(
         default=None,
@@ -87,7 +93,9 @@ class GatewaySettings(BaseSettings):
     max_texts_per_request: int = Field(default=256, ge=1, description="texts in one Embed request")
     max_text_bytes: int = Field(default=65536, ge=1, description="UTF-8 bytes per text or document")
     max_message_bytes: int = Field(
-        default=32 * 1024 * 1024, ge=1024 * 1024, description="largest gRPC message in or out"
+        default=32 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="largest gRPC message in or out, and largest HTTP request body",
     )
     max_context_documents: int = Field(
         default=16384, ge=1, description="source documents in one CreateContextSet"
@@ -145,10 +153,11 @@ class GatewaySettings(BaseSettings):
         description='hashed API keys inline, "tenant:sha256[:admin],..." (adds to the file)',
     )
     tls_cert: FilePath | None = Field(
-        default=None, description="PEM certificate chain of the gRPC port (with CDE_TLS_KEY)"
+        default=None,
+        description="PEM certificate chain of the gRPC and HTTP ports (with CDE_TLS_KEY)",
     )
     tls_key: FilePath | None = Field(
-        default=None, description="PEM private key of the gRPC port (with CDE_TLS_CERT)"
+        default=None, description="PEM private key of the gRPC and HTTP ports (with CDE_TLS_CERT)"
     )
     tls_client_ca: FilePath | None = Field(
         default=None, description="PEM CA(s): require client certificates signed by them"
@@ -185,6 +194,14 @@ class GatewaySettings(BaseSettings):
     @classmethod
     def _health_port_off(cls, value: object) -> object:
         """No health-only port for "", "none" or "off"."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+            return None
+        return value
+
+    @field_validator("http_port", mode="before")
+    @classmethod
+    def _http_off(cls, value: object) -> object:
+        """Disable the HTTP API for "", "none" or "off"."""
         if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
             return None
         return value

@@ -1,7 +1,10 @@
-"""The one mapping from domain errors to gRPC status codes, and the documented error table.
+"""The one mapping from domain errors to gRPC status codes and HTTP statuses, and the
+documented error table.
 
 `ERROR_TABLE` is the source of the README's error table (`error_table_markdown()`); the
-gateway tests check every row against a running server.
+gateway tests check every row against a running server. `http_status_of` is the HTTP side of
+the same mapping: each gRPC code has one HTTP status (`HTTP_STATUS`), except a body over the
+size limit (`MessageTooLargeError`), which is 413.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from cde_server.errors import InternalError, ServiceError
+from cde_server.errors import InternalError, MessageTooLargeError, ServiceError
 
 logger = logging.getLogger("cde_server.gateway.status")
 
@@ -31,6 +34,38 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error (see the gateway log for this request id)"
 
 
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+"""The HTTP status of each gRPC code (the HTTP API answers errors with these)."""
+
+PAYLOAD_TOO_LARGE = 413
+
+
+def http_status_of(exc: BaseException) -> tuple[int, grpc.StatusCode, str]:
+    """HTTP status, gRPC code and client-facing message for an exception raised while serving."""
+    code, message = status_of(exc)
+    if isinstance(exc, MessageTooLargeError):
+        return PAYLOAD_TOO_LARGE, code, message
+    return HTTP_STATUS.get(code, 500), code, message
+
+
 @dataclass(frozen=True)
 class ErrorCase:
     """One documented failure: what the caller did, the status, an example message."""
@@ -38,6 +73,13 @@ class ErrorCase:
     case: str
     code: grpc.StatusCode
     message: str
+    http_status: int | None = None
+    """The HTTP status when it is not the code's usual one (`HTTP_STATUS`)."""
+
+    @property
+    def http(self) -> int:
+        """The HTTP API's status for this case."""
+        return self.http_status if self.http_status is not None else HTTP_STATUS[self.code]
 
 
 ERROR_TABLE: tuple[ErrorCase, ...] = (
@@ -102,7 +144,7 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
     ErrorCase("Bad page_token", grpc.StatusCode.INVALID_ARGUMENT,
               "invalid page_token; pass the next_page_token of a listing"),
     ErrorCase("Message larger than CDE_MAX_MESSAGE_BYTES", grpc.StatusCode.RESOURCE_EXHAUSTED,
-              "Received message larger than max (...)"),
+              "Received message larger than max (...)", http_status=PAYLOAD_TOO_LARGE),
     ErrorCase("GetContextSet answer (documents, embeddings) over CDE_MAX_MESSAGE_BYTES",
               grpc.StatusCode.RESOURCE_EXHAUSTED,
               "the context set with its documents and embeddings is 40000000 bytes, over the "
@@ -153,10 +195,33 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
 )  # fmt: skip
 
 
-def error_table_markdown() -> str:
-    """The error table as Markdown, for the README."""
-    lines = ["| Case | Status | Example message |", "| --- | --- | --- |"]
-    for row in ERROR_TABLE:
+HTTP_ERROR_TABLE: tuple[ErrorCase, ...] = (
+    ErrorCase("HTTP request body larger than CDE_MAX_MESSAGE_BYTES",
+              grpc.StatusCode.RESOURCE_EXHAUSTED,
+              "the request body is larger than the limit of 33554432 bytes",
+              http_status=PAYLOAD_TOO_LARGE),
+    ErrorCase("HTTP: a JSON body that does not parse or does not match the schema",
+              grpc.StatusCode.INVALID_ARGUMENT,
+              "input: Input should be a valid string (body.input)"),
+    ErrorCase("/v1/embeddings: a model string that names no context set, or @revision that "
+              "is not the set's current one", grpc.StatusCode.NOT_FOUND,
+              'context set "docs" has revision 2; revision 3 does not exist (only the current '
+              "revision is kept)"),
+    ErrorCase("/v1/embeddings: dimensions other than the model's size",
+              grpc.StatusCode.INVALID_ARGUMENT,
+              "dimensions=256 is not supported: CDE is not trained for shortened vectors; "
+              "this model returns 768 dimensions"),
+    ErrorCase("/v1/embeddings: a token id outside the vocabulary, or token ids longer than "
+              "max_tokens with truncate=false", grpc.StatusCode.INVALID_ARGUMENT,
+              "input[0] has token id 40000; ids must lie in [0, 30522)"),
+)  # fmt: skip
+"""Failures only the HTTP API has (its tests check each row)."""
+
+
+def error_table_markdown(rows: tuple[ErrorCase, ...] = ERROR_TABLE) -> str:
+    """An error table as Markdown, for the README (default: `ERROR_TABLE`)."""
+    lines = ["| Case | Status | HTTP | Example message |", "| --- | --- | --- | --- |"]
+    for row in rows:
         message = row.message.replace("|", "\\|")
-        lines.append(f"| {row.case} | `{row.code.name}` | {message} |")
+        lines.append(f"| {row.case} | `{row.code.name}` | {row.http} | {message} |")
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from cde_server.inference.tensors import (
     context_inputs,
     counts_and_truncation,
     float_output,
+    framed_tokens,
     output,
     refuse_truncated,
     text_input,
@@ -60,6 +61,30 @@ class DirectPath:
         tokens = await self.tokenize(texts, deadline)
         if not allow_truncation:
             refuse_truncated(tokens.truncated, max_tokens)
+        return await self._second_stage(tokens, context, deadline)
+
+    async def embed_tokens(
+        self,
+        rows: Sequence[Sequence[int]],
+        prefix: str,
+        context: ContextRef,
+        deadline: Deadline,
+        *,
+        max_tokens: int,
+        allow_truncation: bool,
+    ) -> Encoded:
+        """Second-stage rows of pre-tokenized `rows` (ids without special tokens): each becomes
+        [CLS] prefix tokens, its ids, [SEP], cut to max_tokens (or refused, without truncation)."""
+        framing = await self.tokenize([prefix], deadline)  # [CLS] prefix tokens [SEP]
+        length = int(framing.token_counts[0])
+        head = [int(i) for i in framing.input_ids[0, : length - 1]]
+        tail = [int(i) for i in framing.input_ids[0, length - 1 : length]]
+        tokens = framed_tokens(rows, head, tail, max_tokens, allow_truncation=allow_truncation)
+        return await self._second_stage(tokens, context, deadline)
+
+    async def _second_stage(
+        self, tokens: TokenizedTexts, context: ContextRef, deadline: Deadline
+    ) -> Encoded:
         chunks = await asyncio.gather(
             *(self._second_stage_chunk(tokens, s, context, deadline)
               for s in chunk_starts(tokens.rows))

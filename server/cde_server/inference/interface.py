@@ -33,6 +33,8 @@ class ServedModelInfo:
     family: str = ""
     """"v1" (cde-small-v1), "v2" (cde-small-v2) or "demo"; "" when the Triton model repository
     predates the field."""
+    vocab_size: int = 0
+    """Token ids of the served model's tokenizer lie in [0, vocab_size) (0: not reported)."""
 
     @classmethod
     def from_json(cls, data: bytes) -> ServedModelInfo:
@@ -47,6 +49,7 @@ class ServedModelInfo:
             dtype=str(fields["dtype"]),
             device=str(fields["device"]),
             family=str(fields.get("family", "")),
+            vocab_size=int(fields.get("vocab_size", 0)),
         )
 
 
@@ -92,6 +95,19 @@ class Inference(Protocol):
         timeout_s: float | None = None,
     ) -> Encoded:
         """Second-stage embeddings of `texts` (prefixes already applied) under `context`."""
+
+    async def embed_tokens(
+        self,
+        rows: Sequence[Sequence[int]],
+        prefix: str,
+        context: ContextRef,
+        *,
+        max_tokens: int,
+        allow_truncation: bool = True,
+        timeout_s: float | None = None,
+    ) -> Encoded:
+        """Second-stage embeddings of pre-tokenized `rows` (the served tokenizer's ids, without
+        special tokens), each after the tokens of the prompt `prefix`, under `context`."""
 
     async def embed_context(
         self, documents: Sequence[str], *, timeout_s: float | None = None

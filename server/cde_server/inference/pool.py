@@ -193,6 +193,30 @@ class TritonPool:
 
         return await self._call(work, timeout_s)
 
+    async def embed_tokens(
+        self,
+        rows: Sequence[Sequence[int]],
+        prefix: str,
+        context: ContextRef,
+        *,
+        max_tokens: int,
+        allow_truncation: bool = True,
+        timeout_s: float | None = None,
+    ) -> Encoded:
+        """Second-stage embeddings of token ids (see `TritonEndpoint.embed_tokens`)."""
+
+        def work(endpoint: TritonEndpoint, left: float) -> Awaitable[Encoded]:
+            return endpoint.embed_tokens(
+                rows,
+                prefix,
+                context,
+                max_tokens=max_tokens,
+                allow_truncation=allow_truncation,
+                timeout_s=left,
+            )
+
+        return await self._call(work, timeout_s)
+
     async def embed_context(
         self, documents: Sequence[str], *, timeout_s: float | None = None
     ) -> Encoded:

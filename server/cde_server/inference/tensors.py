@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +108,39 @@ def refuse_truncated(truncated: npt.NDArray[np.bool_], max_tokens: int) -> None:
         f"{len(indices)} text(s) do not fit in the model's {max_tokens} tokens (indices {shown}) "
         "and truncate is false"
     )
+
+
+def framed_tokens(
+    rows: Sequence[Sequence[int]],
+    head: Sequence[int],
+    tail: Sequence[int],
+    max_tokens: int,
+    *,
+    allow_truncation: bool,
+) -> TokenizedTexts:
+    """Rows of token ids between `head` ([CLS] and a prompt's tokens) and `tail` ([SEP]), cut
+    to `max_tokens` like the tokenizer cuts texts; without truncation a row that does not fit
+    is INVALID_ARGUMENT."""
+    room = max_tokens - len(head) - len(tail)
+    if room < 1:
+        raise InvalidArgumentError(
+            f"the prompt takes {len(head) + len(tail)} of the model's {max_tokens} tokens; "
+            "no room is left for the input"
+        )
+    too_long = np.array([len(row) > room for row in rows], dtype=np.bool_)
+    if not allow_truncation:
+        refuse_truncated(too_long, max_tokens)
+    kept = [list(row[:room]) for row in rows]
+    width = len(head) + len(tail) + max((len(row) for row in kept), default=0)
+    input_ids = np.zeros((len(kept), width), dtype=np.int64)
+    attention_mask = np.zeros((len(kept), width), dtype=np.int64)
+    counts = np.zeros(len(kept), dtype=np.int64)
+    for index, row in enumerate(kept):
+        framed = [*head, *row, *tail]
+        input_ids[index, : len(framed)] = framed
+        attention_mask[index, : len(framed)] = 1
+        counts[index] = len(framed)
+    return TokenizedTexts(input_ids, attention_mask, counts, counts >= max_tokens)
 
 
 def chunk_starts(rows: int) -> range:

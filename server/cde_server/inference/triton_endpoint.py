@@ -97,8 +97,10 @@ class TritonEndpoint:
             ],
         )
         primer = ContextPrimer(self._observer)
-        path = DirectPath if embed_path == "direct" else EnsemblePath
-        self._path: DirectPath | EnsemblePath = path(self._infer, primer)
+        self._direct = DirectPath(self._infer, primer)  # also for pre-tokenized input
+        self._path: DirectPath | EnsemblePath = (
+            self._direct if embed_path == "direct" else EnsemblePath(self._infer, primer)
+        )
 
     async def close(self) -> None:
         """Close the channel."""
@@ -198,6 +200,27 @@ class TritonEndpoint:
         """Second-stage embeddings of `texts` (prefixes already applied) under `context`."""
         return await self._path.embed(
             texts,
+            load_once(context),
+            Deadline.within(timeout_s, self._timeout_s),
+            max_tokens=max_tokens,
+            allow_truncation=allow_truncation,
+        )
+
+    async def embed_tokens(
+        self,
+        rows: Sequence[Sequence[int]],
+        prefix: str,
+        context: ContextRef,
+        *,
+        max_tokens: int,
+        allow_truncation: bool = True,
+        timeout_s: float | None = None,
+    ) -> Encoded:
+        """Second-stage embeddings of pre-tokenized `rows` after the prompt `prefix` (always the
+        direct path: `cde_tokenize` for the prefix, then `cde_second_stage`)."""
+        return await self._direct.embed_tokens(
+            rows,
+            prefix,
             load_once(context),
             Deadline.within(timeout_s, self._timeout_s),
             max_tokens=max_tokens,

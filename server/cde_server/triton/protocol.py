@@ -58,7 +58,8 @@ EMBEDDING = "EMBEDDING"  # FP32 [rows, hidden], raw (unnormalized) second-stage 
 TOKEN_COUNT = "TOKEN_COUNT"  # INT32 [rows, 1], tokens after truncation incl. [CLS]/[SEP]
 TRUNCATED = "TRUNCATED"  # BOOL [rows, 1], text reached max_tokens (cut, or exactly that long)
 # cde_model_info (not batched): REQUEST BYTES [1] (any value) -> INFO BYTES [1], a JSON object
-# with name, fingerprint, hidden_size, corpus_size, max_tokens, dtype, device ("cpu" | "gpu").
+# with name, fingerprint, hidden_size, corpus_size, max_tokens, vocab_size (the tokenizer's;
+# token ids lie in [0, vocab_size)), dtype, device ("cpu" | "gpu").
 REQUEST = "REQUEST"
 INFO = "INFO"
 

@@ -1,5 +1,5 @@
-"""cde_model_info: what the repository serves (name, family, fingerprint, sizes, dtype, device
-kind)."""
+"""cde_model_info: what the repository serves (name, family, fingerprint, sizes, vocabulary,
+dtype, device kind)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ class ModelInfoHandler:
         from cde_model.description import describe_model
 
         dtype = parameters["dtype"]
-        info = describe_model(parameters["model_path"]).info
+        description = describe_model(parameters["model_path"])
+        info = description.info
         return cls(
             {
                 "name": info.name,
@@ -40,6 +41,7 @@ class ModelInfoHandler:
                 "hidden_size": info.hidden_size,
                 "corpus_size": info.corpus_size,
                 "max_tokens": info.max_tokens,
+                "vocab_size": description.tokenizer.vocab_size,
                 "dtype": dtype,
                 "device": parameters["device_kind"],
             }
