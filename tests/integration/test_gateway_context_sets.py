@@ -154,5 +154,5 @@ def test_an_oversized_get_is_refused_with_the_real_status(
         assert described.context_set.name == "big"
     assert gateway.gateway is not None
     registry = gateway.gateway.metrics.registry
-    labels = {"rpc": "GetContextSet", "code": "RESOURCE_EXHAUSTED"}
+    labels = {"rpc": "GetContextSet", "code": "RESOURCE_EXHAUSTED", "transport": "grpc"}
     assert registry.get_sample_value("cde_gateway_requests_total", labels) == 1

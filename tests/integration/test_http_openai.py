@@ -70,7 +70,7 @@ def test_model_string_grammar(
         np.testing.assert_allclose(got, default_context, atol=TOLERANCE, rtol=0)
         with pytest.raises(openai.NotFoundError) as missing:
             api.embeddings.create(model=f"{context_set}@{revision + 1}", input="x")
-        assert f"revision {revision + 1} does not exist" in missing.value.message
+        assert f"has no revision {revision + 1}" in missing.value.message
         # extension fields (extra_body) override the model string
         override = api.embeddings.create(
             model=served_model,

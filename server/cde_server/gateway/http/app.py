@@ -11,9 +11,9 @@ from fastapi import FastAPI
 
 from cde_server.gateway.call_scope import CallScopes
 from cde_server.gateway.http import openai_routes, probes, rest_routes
-from cde_server.gateway.http.backend import HttpBackend
 from cde_server.gateway.http.errors import install_error_handlers
 from cde_server.gateway.http.middleware import CallMiddleware
+from cde_server.gateway.http.services import HttpServices
 from cde_server.gateway.service import EmbeddingService
 
 TITLE = "cde-serve"
@@ -36,7 +36,7 @@ def create_http_app(
         redoc_url=None,
         openapi_url="/openapi.json",
     )
-    app.state.backend = HttpBackend(
+    app.state.services = HttpServices(
         service=service, calls=calls, serving=serving, started_at=int(time.time())
     )
     app.include_router(openai_routes.router)

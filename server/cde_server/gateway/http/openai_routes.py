@@ -15,7 +15,6 @@ from starlette.responses import Response
 from cde_server.domain.names import is_valid_name
 from cde_server.errors import NotFoundError
 from cde_server.gateway.call_scope import ActiveCall
-from cde_server.gateway.http.backend import admitted, backend_of
 from cde_server.gateway.http.encoding import json_bytes, rows_as
 from cde_server.gateway.http.errors import FieldError, documented_errors
 from cde_server.gateway.http.model_string import ModelSelection, parse_model_string
@@ -25,6 +24,7 @@ from cde_server.gateway.http.schemas import (
     ModelList,
     ModelObject,
 )
+from cde_server.gateway.http.services import admitted, services_of
 from cde_server.gateway.service import EmbedInput, EmbedResult, TokenEmbedInput
 from cde_server.inference.interface import ServedModelInfo
 
@@ -49,10 +49,10 @@ async def create_embeddings(
     call: ActiveCall = _OPEN_A_I_EMBEDDINGS_CALL,
 ) -> Response:
     """Embed `input` with the context set, revision and prompt that `model` names."""
-    backend = backend_of(request)
+    services = services_of(request)
     if body.user is not None:
         call.log_fields["user"] = body.user[:256]
-    info = await backend.service.model_info()
+    info = await services.service.model_info()
     if body.dimensions is not None and body.dimensions != info.hidden_size:
         raise FieldError(
             f"dimensions={body.dimensions} is not supported: CDE is not trained for shortened "
@@ -67,7 +67,7 @@ async def create_embeddings(
     texts, token_rows = split_input(body.input)
     result: EmbedResult
     if token_rows is not None:
-        result = await backend.service.embed_tokens(
+        result = await services.service.embed_tokens(
             call,
             TokenEmbedInput(
                 rows=token_rows,
@@ -79,7 +79,7 @@ async def create_embeddings(
             ),
         )
     else:
-        result = await backend.service.embed(
+        result = await services.service.embed(
             call,
             EmbedInput(
                 texts=texts,
@@ -135,12 +135,12 @@ def split_input(value: object) -> tuple[Sequence[str], Sequence[Sequence[int]] |
 )
 async def list_models(request: Request, call: ActiveCall = _OPEN_A_I_LIST_MODELS_CALL) -> Any:
     """The served model (its built-in default context) and every context set the caller sees."""
-    backend = backend_of(request)
-    info = await backend.service.model_info()
-    models = [ModelObject(id=info.name, created=backend.started_at, owned_by=OWNER)]
+    services = services_of(request)
+    info = await services.service.model_info()
+    models = [ModelObject(id=info.name, created=services.started_at, owned_by=OWNER)]
     token = ""
     while True:
-        page = await backend.service.list_context_sets(
+        page = await services.service.list_context_sets(
             call, page_size=_LISTING_PAGE, page_token=token
         )
         models.extend(
@@ -167,12 +167,12 @@ async def retrieve_model(
     request: Request, model_id: str, call: ActiveCall = _OPEN_A_I_GET_MODEL_CALL
 ) -> Any:
     """The served model or a context set, by id (a full model string is accepted too)."""
-    backend = backend_of(request)
-    info = await backend.service.model_info()
+    services = services_of(request)
+    info = await services.service.model_info()
     name = target_set(parse_model_string(model_id), info)
     if not name:
-        return ModelObject(id=model_id, created=backend.started_at, owned_by=OWNER)
-    view = await backend.service.get_context_set(call, name)
+        return ModelObject(id=model_id, created=services.started_at, owned_by=OWNER)
+    view = await services.service.get_context_set(call, name)
     return ModelObject(
         id=model_id,
         created=int(view.summary.created_at.timestamp()),

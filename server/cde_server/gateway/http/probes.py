@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from cde_server.gateway.http.backend import backend_of
 from cde_server.gateway.http.encoding import json_bytes
 from cde_server.gateway.http.schemas import Probe
+from cde_server.gateway.http.services import services_of
 
 router = APIRouter(tags=["Health"])
 
@@ -25,6 +25,6 @@ async def live() -> Probe:
 )
 async def ready(request: Request) -> Response:
     """Readiness: 200 when the gRPC health status is SERVING, else 503."""
-    serving = backend_of(request).serving()
+    serving = services_of(request).serving()
     body = json_bytes({"status": "SERVING" if serving else "NOT_SERVING"})
     return Response(body, 200 if serving else 503, media_type="application/json")

@@ -16,7 +16,6 @@ from starlette.responses import Response
 
 from cde_server.errors import InvalidArgumentError
 from cde_server.gateway.call_scope import ActiveCall
-from cde_server.gateway.http.backend import admitted, backend_of
 from cde_server.gateway.http.encoding import json_bytes, rows_as
 from cde_server.gateway.http.errors import documented_errors
 from cde_server.gateway.http.schemas import (
@@ -33,6 +32,7 @@ from cde_server.gateway.http.schemas import (
     PromptList,
     PromptText,
 )
+from cde_server.gateway.http.services import admitted, services_of
 from cde_server.gateway.service import ContextSetInput, ContextSetView, EmbedInput
 from cde_server.stores.base import ContextSetSummary
 
@@ -56,7 +56,7 @@ _INT32_MAX = 2**31 - 1
 @router.post("/v1/embed", response_model=EmbedResponse, responses=documented_errors(403, 404, 409))
 async def embed(request: Request, body: EmbedRequest, call: ActiveCall = _EMBED_CALL) -> Response:
     """Embed texts with a prompt and a context set (the proto's Embed)."""
-    service = backend_of(request).service
+    service = services_of(request).service
     result = await service.embed(
         call,
         EmbedInput(
@@ -110,7 +110,7 @@ async def create_context_set(
     request: Request, body: ContextSetCreate, call: ActiveCall = _CREATE_CONTEXT_SET_CALL
 ) -> Any:
     """Sample N of the documents, embed them with stage 1, store the set."""
-    service = backend_of(request).service
+    service = services_of(request).service
 
     async def batches() -> AsyncIterator[Sequence[str]]:
         yield body.documents
@@ -147,7 +147,7 @@ async def upload_context_set(
     call: ActiveCall = _CREATE_CONTEXT_SET_CALL,
 ) -> Any:
     """Create a set from an NDJSON stream of documents (for uploads too large for one body)."""
-    service = backend_of(request).service
+    service = services_of(request).service
     async with service.stream_slot(call):
         options = ContextSetInput(name, prompt, replace, seed)
         view = await service.create_context_set(call, options, ndjson_batches(request.stream()))
@@ -203,7 +203,7 @@ async def list_context_sets(
     call: ActiveCall = _LIST_CONTEXT_SETS_CALL,
 ) -> Any:
     """One page of the caller's sets by name (all_tenants: everyone's, admin keys only)."""
-    page = await backend_of(request).service.list_context_sets(
+    page = await services_of(request).service.list_context_sets(
         call, page_size=page_size, page_token=page_token, all_tenants=all_tenants
     )
     return ContextSetPage(
@@ -225,7 +225,7 @@ async def get_context_set(
     call: ActiveCall = _GET_CONTEXT_SET_CALL,
 ) -> Any:
     """Metadata, and on request the documents and dataset embeddings."""
-    view = await backend_of(request).service.get_context_set(
+    view = await services_of(request).service.get_context_set(
         call, name, include_documents=include_documents, include_embeddings=include_embeddings
     )
     detail = ContextSetDetail(
@@ -241,7 +241,7 @@ async def delete_context_set(
     request: Request, name: str, call: ActiveCall = _DELETE_CONTEXT_SET_CALL
 ) -> Response:
     """Delete a set (404 if absent)."""
-    await backend_of(request).service.delete_context_set(call, name)
+    await services_of(request).service.delete_context_set(call, name)
     return Response(status_code=204)
 
 
@@ -249,7 +249,7 @@ async def delete_context_set(
 @router.get("/v1/prompts", response_model=PromptList, responses=documented_errors())
 async def list_prompts(request: Request, call: ActiveCall = _LIST_PROMPTS_CALL) -> Any:
     """Built-ins, then custom prompts by name."""
-    prompts = await backend_of(request).service.list_prompts(call)
+    prompts = await services_of(request).service.list_prompts(call)
     return PromptList(
         prompts=[PromptInfo(name=p.name, text=p.text, builtin=p.builtin) for p in prompts]
     )
@@ -260,7 +260,7 @@ async def put_prompt(
     request: Request, name: str, body: PromptText, call: ActiveCall = _PUT_PROMPT_CALL
 ) -> Any:
     """Create or replace a custom prompt."""
-    prompt = await backend_of(request).service.put_prompt(call, name, body.text)
+    prompt = await services_of(request).service.put_prompt(call, name, body.text)
     return PromptInfo(name=prompt.name, text=prompt.text, builtin=prompt.builtin)
 
 
@@ -269,7 +269,7 @@ async def delete_prompt(
     request: Request, name: str, call: ActiveCall = _DELETE_PROMPT_CALL
 ) -> Response:
     """Delete a custom prompt."""
-    await backend_of(request).service.delete_prompt(call, name)
+    await services_of(request).service.delete_prompt(call, name)
     return Response(status_code=204)
 
 
@@ -277,7 +277,7 @@ async def delete_prompt(
 @router.get("/v1/model-info", response_model=ModelInfo, responses=documented_errors())
 async def model_info(request: Request, call: ActiveCall = _GET_MODEL_INFO_CALL) -> Any:
     """The served model, its vocabulary size (for token-id input) and this gateway's limits."""
-    service = backend_of(request).service
+    service = services_of(request).service
     info = await service.model_info()
     s = service.settings
     return ModelInfo(

@@ -17,7 +17,7 @@ from cde_server.gateway.service import EmbeddingService
 
 
 @dataclass(frozen=True)
-class HttpBackend:
+class HttpServices:
     """The gateway as the HTTP routes see it."""
 
     service: EmbeddingService
@@ -28,11 +28,11 @@ class HttpBackend:
     """Unix time the gateway started (the served model's `created` in /v1/models)."""
 
 
-def backend_of(request: Request) -> HttpBackend:
-    """The backend the app was made with."""
-    backend: Any = request.app.state.backend
-    assert isinstance(backend, HttpBackend)
-    return backend
+def services_of(request: Request) -> HttpServices:
+    """The services the app was made with."""
+    services: Any = request.app.state.services
+    assert isinstance(services, HttpServices)
+    return services
 
 
 _bearer = HTTPBearer(
@@ -54,7 +54,7 @@ def admitted(rpc: str) -> Any:
             request.state.call = call
         call.rpc = rpc
         peer = f"ipv4:{request.client.host}:{request.client.port}" if request.client else ""
-        backend_of(request).calls.admit(call, request.headers.items(), peer)
+        services_of(request).calls.admit(call, request.headers.items(), peer)
         return call
 
     dependency: Callable[..., Awaitable[ActiveCall]] = admit
