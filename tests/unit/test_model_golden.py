@@ -14,7 +14,7 @@ from cde_model import EmbeddingModel, load_model
 from cde_model.prompts import DOCUMENT_PREFIX, QUERY_PREFIX
 from cde_model.random_checkpoint import write_random_checkpoint
 from support.golden import assert_matches_golden, first_stage, second_stage
-from support.paths import TINY_CHECKPOINT
+from support.paths import TINY_CHECKPOINT, V2_TINY_CHECKPOINT
 
 INVARIANCE_TOLERANCE = 1e-5
 
@@ -30,36 +30,53 @@ def model() -> EmbeddingModel:
     return load_model(str(TINY_CHECKPOINT), device="cpu")
 
 
+FAMILY_CHECKPOINTS = {"v1": TINY_CHECKPOINT, "v2": V2_TINY_CHECKPOINT}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILY_CHECKPOINTS))
+def family(request: pytest.FixtureRequest) -> tuple[EmbeddingModel, dict[str, Any]]:
+    """Each family's tiny checkpoint, loaded, with its golden.json."""
+    checkpoint = FAMILY_CHECKPOINTS[request.param]
+    data: dict[str, Any] = json.loads((checkpoint / "golden.json").read_text())
+    return load_model(str(checkpoint), device="cpu"), data
+
+
+def test_dataset_embeddings_match_golden(family: tuple[EmbeddingModel, dict[str, Any]]) -> None:
+    model, golden = family
+    actual = first_stage(model, golden["context_texts"])
+    assert_matches_golden(actual, golden["dataset_embeddings"], golden)
+
+
+def test_query_embeddings_match_golden(family: tuple[EmbeddingModel, dict[str, Any]]) -> None:
+    model, golden = family
+    dataset = torch.tensor(golden["dataset_embeddings"])
+    actual = second_stage(model, golden["queries"], QUERY_PREFIX, dataset)
+    assert_matches_golden(actual, golden["query_embeddings"], golden)
+
+
+def test_document_embeddings_match_golden(family: tuple[EmbeddingModel, dict[str, Any]]) -> None:
+    model, golden = family
+    dataset = first_stage(model, golden["context_texts"])
+    actual = second_stage(model, golden["documents"], DOCUMENT_PREFIX, dataset)
+    assert_matches_golden(actual, golden["document_embeddings"], golden)
+
+
+def test_alt_context_embeddings_match_golden(
+    family: tuple[EmbeddingModel, dict[str, Any]],
+) -> None:
+    model, golden = family
+    dataset = first_stage(model, golden["alt_context_texts"])
+    assert_matches_golden(dataset, golden["alt_dataset_embeddings"], golden)
+    queries = second_stage(model, golden["queries"], QUERY_PREFIX, dataset)
+    assert_matches_golden(queries, golden["alt_query_embeddings"], golden)
+
+
 def test_info_describes_the_checkpoint(model: EmbeddingModel) -> None:
     info = model.info
     assert (info.hidden_size, info.corpus_size, info.max_tokens) == (64, 16, 512)
     assert (info.dtype, info.device) == ("float32", "cpu")
     assert len(info.fingerprint) == 64
     assert load_model(str(TINY_CHECKPOINT), device="cpu").info.fingerprint == info.fingerprint
-
-
-def test_dataset_embeddings_match_golden(model: EmbeddingModel, golden: dict[str, Any]) -> None:
-    actual = first_stage(model, golden["context_texts"])
-    assert_matches_golden(actual, golden["dataset_embeddings"], golden)
-
-
-def test_query_embeddings_match_golden(model: EmbeddingModel, golden: dict[str, Any]) -> None:
-    dataset = torch.tensor(golden["dataset_embeddings"])
-    actual = second_stage(model, golden["queries"], QUERY_PREFIX, dataset)
-    assert_matches_golden(actual, golden["query_embeddings"], golden)
-
-
-def test_document_embeddings_match_golden(model: EmbeddingModel, golden: dict[str, Any]) -> None:
-    dataset = first_stage(model, golden["context_texts"])
-    actual = second_stage(model, golden["documents"], DOCUMENT_PREFIX, dataset)
-    assert_matches_golden(actual, golden["document_embeddings"], golden)
-
-
-def test_alt_context_embeddings_match_golden(model: EmbeddingModel, golden: dict[str, Any]) -> None:
-    dataset = first_stage(model, golden["alt_context_texts"])
-    assert_matches_golden(dataset, golden["alt_dataset_embeddings"], golden)
-    queries = second_stage(model, golden["queries"], QUERY_PREFIX, dataset)
-    assert_matches_golden(queries, golden["alt_query_embeddings"], golden)
 
 
 def test_long_inputs_are_truncated_to_max_tokens(
