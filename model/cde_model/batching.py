@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -70,3 +70,21 @@ class TokenBatch:
             count = max(1, token_budget // (longest + rows_per_item))
             yield order[start : start + count], longest
             start += count
+
+    def embed_packs(
+        self,
+        run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        *,
+        width: int,
+        token_budget: int,
+        device: torch.device,
+        rows_per_item: int = 0,
+    ) -> torch.Tensor:
+        """`run(ids, mask)` on `device` for each pack of `packs()`; float32 [rows, width] on CPU,
+        in input order."""
+        out = torch.empty(len(self.lengths), width, dtype=torch.float32)
+        for rows, length in self.packs(token_budget, rows_per_item):
+            ids = self.input_ids[rows, :length].to(device)
+            mask = self.attention_mask[rows, :length].to(device)
+            out[rows] = run(ids, mask).float().cpu()
+        return out

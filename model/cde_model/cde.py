@@ -117,12 +117,12 @@ class CDEModel(EmbeddingModel):
     @torch.inference_mode()
     def first_stage(self, input_ids: TokenArray, attention_mask: TokenArray) -> torch.Tensor:
         batch = self._validated(input_ids, attention_mask)
-        out = torch.empty(len(batch.lengths), self.info.hidden_size, dtype=torch.float32)
-        for rows, length in batch.packs(self._token_budget):
-            ids = batch.input_ids[rows, :length].to(self._device)
-            mask = batch.attention_mask[rows, :length].to(self._device)
-            out[rows] = self._first_stage_pack(ids, mask).float().cpu()
-        return out
+        return batch.embed_packs(
+            self._first_stage_pack,
+            width=self.info.hidden_size,
+            token_budget=self._token_budget,
+            device=self._device,
+        )
 
     def _first_stage_pack(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         backbone = self._weights.first_stage
@@ -159,13 +159,14 @@ class CDEModel(EmbeddingModel):
     ) -> torch.Tensor:
         context = own_context(context, CDEContext, self.info)
         batch = self._validated(input_ids, attention_mask)
-        out = torch.empty(len(batch.lengths), self.info.hidden_size, dtype=torch.float32)
         context_rows = context.layer0_input.shape[0]
-        for rows, length in batch.packs(self._token_budget, rows_per_item=context_rows):
-            ids = batch.input_ids[rows, :length].to(self._device)
-            mask = batch.attention_mask[rows, :length].to(self._device)
-            out[rows] = self._second_stage_pack(ids, mask, context).float().cpu()
-        return out
+        return batch.embed_packs(
+            lambda ids, mask: self._second_stage_pack(ids, mask, context),
+            width=self.info.hidden_size,
+            token_budget=self._token_budget,
+            device=self._device,
+            rows_per_item=context_rows,
+        )
 
     def _second_stage_pack(
         self, ids: torch.Tensor, mask: torch.Tensor, context: CDEContext

@@ -149,12 +149,12 @@ class CDEV2Model(EmbeddingModel):
     @torch.inference_mode()
     def first_stage(self, input_ids: TokenArray, attention_mask: TokenArray) -> torch.Tensor:
         batch = self._validated(input_ids, attention_mask)
-        out = torch.empty(len(batch.lengths), self.info.hidden_size, dtype=torch.float32)
-        for rows, length in batch.packs(self._token_budget):
-            ids = batch.input_ids[rows, :length].to(self._device)
-            mask = batch.attention_mask[rows, :length].to(self._device)
-            out[rows] = self._first_stage_pack(ids, mask).float().cpu()
-        return out
+        return batch.embed_packs(
+            self._first_stage_pack,
+            width=self.info.hidden_size,
+            token_budget=self._token_budget,
+            device=self._device,
+        )
 
     def _first_stage_pack(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         masks = self._masks(None if bool(mask.all()) else mask, ids.shape[1])
@@ -180,13 +180,14 @@ class CDEV2Model(EmbeddingModel):
     ) -> torch.Tensor:
         context = own_context(context, CDEV2Context, self.info)
         batch = self._validated(input_ids, attention_mask)
-        out = torch.empty(len(batch.lengths), self.info.hidden_size, dtype=torch.float32)
         fixed = context.fixed_rows.shape[0]
-        for rows, length in batch.packs(self._token_budget, rows_per_item=fixed):
-            ids = batch.input_ids[rows, :length].to(self._device)
-            mask = batch.attention_mask[rows, :length].to(self._device)
-            out[rows] = self._second_stage_pack(ids, mask, context).float().cpu()
-        return out
+        return batch.embed_packs(
+            lambda ids, mask: self._second_stage_pack(ids, mask, context),
+            width=self.info.hidden_size,
+            token_budget=self._token_budget,
+            device=self._device,
+            rows_per_item=fixed,
+        )
 
     def _second_stage_pack(
         self, ids: torch.Tensor, mask: torch.Tensor, context: CDEV2Context

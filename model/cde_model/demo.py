@@ -111,10 +111,11 @@ class DemoModel(EmbeddingModel):
         batch = TokenBatch.from_inputs(
             input_ids, attention_mask, self.tokenizer.vocab_size, self.info.max_tokens
         )
-        out = torch.empty(len(batch.lengths), self.info.hidden_size, dtype=torch.float32)
-        for rows, length in batch.packs(self._token_budget):
-            ids = batch.input_ids[rows, :length].to(self._device)
-            mask = batch.attention_mask[rows, :length].to(self._device)
+
+        def run(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             hidden = self._bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-            out[rows] = F.normalize(masked_mean(hidden, mask), dim=-1).cpu()
-        return out
+            return F.normalize(masked_mean(hidden, mask), dim=-1)
+
+        return batch.embed_packs(
+            run, width=self.info.hidden_size, token_budget=self._token_budget, device=self._device
+        )
