@@ -130,15 +130,19 @@ class Row:
         ]
 
 
-def with_reference(measure: Callable[[], Row], clock: Clock) -> Row:
-    """Run `measure` between two matmul measurements; the row keeps the better reference.
+def with_reference(
+    measure: Callable[[], Row],
+    clock: Clock,
+    matmul: Callable[[Clock], float] = lambda clock: matmul_flops_per_second(clock=clock),
+) -> Row:
+    """Run `measure` between two `matmul` measurements; the row keeps the better reference.
 
     Measuring the reference next to each row keeps the ratio fair when other work on the
     machine comes and goes during the run.
     """
-    before = matmul_flops_per_second(clock=clock)
+    before = matmul(clock)
     row = measure()
-    row.matmul = max(before, matmul_flops_per_second(clock=clock))
+    row.matmul = max(before, matmul(clock))
     print(" | ".join(row.cells()), file=sys.stderr, flush=True)
     return row
 

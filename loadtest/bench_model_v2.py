@@ -35,6 +35,7 @@ from bench_model import (
     precision_row,
     random_tokens,
     table,
+    with_reference,
     write_section,
 )
 from cde_model import EmbeddingModel, load_model
@@ -74,15 +75,6 @@ def stage2_flops(tokens: int, useful: bool = False) -> float:
 
 def v2_matmul(clock: Clock = time.perf_counter) -> float:
     return matmul_flops_per_second(clock=clock, mlp_inner=INNER)
-
-
-def with_reference(measure: functools.partial[Row], clock: Clock) -> Row:
-    """`measure` between two matmul measurements on v2's GEMM shapes; the better one counts."""
-    before = v2_matmul(clock)
-    row = measure()
-    row.matmul = max(before, v2_matmul(clock))
-    print(" | ".join(row.cells()), file=sys.stderr, flush=True)
-    return row
 
 
 def bench_stage1(model: EmbeddingModel, batch: int, repeats: int, clock: Clock) -> Row:
@@ -125,7 +117,9 @@ def throughput_rows(
     clock: Clock = time.perf_counter,
 ) -> list[Row]:
     rows = [
-        with_reference(functools.partial(bench_stage1, model, batch, repeats, clock), clock)
+        with_reference(
+            functools.partial(bench_stage1, model, batch, repeats, clock), clock, v2_matmul
+        )
         for batch in stage1_batches
     ]
     for what, tokens, batches in (
@@ -134,7 +128,9 @@ def throughput_rows(
     ):
         rows += [
             with_reference(
-                functools.partial(bench_stage2, model, what, tokens, batch, repeats, clock), clock
+                functools.partial(bench_stage2, model, what, tokens, batch, repeats, clock),
+                clock,
+                v2_matmul,
             )
             for batch in batches
         ]
