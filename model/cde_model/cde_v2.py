@@ -34,7 +34,8 @@ from cde_model.interface import (
     own_context,
     tensor_nbytes,
 )
-from cde_model.modernbert import attention_masks, build_backbone, modernbert_config
+from cde_model.modernbert import build_backbone, modernbert_config
+from cde_model.modernbert_forward import ModernBertForward
 from cde_model.runtime import default_token_budget, resolve_device, resolve_dtype
 from cde_model.tokenizer import TextTokenizer
 from cde_model.tokenizer_v2 import instruction_end_id
@@ -100,11 +101,14 @@ class CDEV2Model(EmbeddingModel):
     ) -> None:
         backbone_config = modernbert_config(config.backbone, weights.sizes)
         self.backbone_config = backbone_config  # both stages' ModernBertConfig
-        self._first = build_backbone(backbone_config, weights.first_stage, device)
-        self._second = build_backbone(backbone_config, weights.second_stage, device)
+        self._first = ModernBertForward(
+            build_backbone(backbone_config, weights.first_stage, device)
+        )
+        self._second = ModernBertForward(
+            build_backbone(backbone_config, weights.second_stage, device)
+        )
         self._first_stage_mlp = weights.first_stage_mlp
         self._output_projection = weights.output_projection
-        self._half_window = int(backbone_config.local_attention) // 2
         self._config = config
         self._vocab_rows = weights.sizes.vocab
         self._device, self._dtype = device, dtype
@@ -157,8 +161,8 @@ class CDEV2Model(EmbeddingModel):
         )
 
     def _first_stage_pack(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        masks = self._masks(None if bool(mask.all()) else mask, ids.shape[1])
-        hidden = self._first(input_ids=ids, attention_mask=masks).last_hidden_state
+        valid = None if bool(mask.all()) else mask
+        hidden = self._first(self._first.token_embeddings(ids), valid)
         pooled = masked_mean(hidden, mask).to(self._dtype)
         return self._first_stage_mlp(pooled, F.gelu)
 
@@ -196,23 +200,20 @@ class CDEV2Model(EmbeddingModel):
         fixed, hidden = context.fixed_rows.shape
         # The embedding module normalizes the text rows once; the backbone, given the whole
         # sequence as inputs_embeds, normalizes every row (text rows a second time).
-        text = self._second.embeddings(input_ids=ids)
+        text = self._second.token_rows(ids)
         rows = torch.cat((context.fixed_rows.expand(batch, fixed, hidden), text), dim=1)
         if bool(mask.all()):
             valid = None
         else:
             always = torch.ones(batch, fixed, dtype=torch.bool, device=mask.device)
             valid = torch.cat((always, mask), dim=1)
-        states = self._second(inputs_embeds=rows, attention_mask=self._masks(valid, rows.shape[1]))
-        text_states = states.last_hidden_state[:, fixed:]
+        # Only the text rows are pooled: the last layer computes outputs for them alone.
+        text_states = self._second(rows, valid, keep_from=fixed)
         pool = mask if self._end_id is None else instruction_pool_mask(ids, mask, self._end_id)
         pooled = masked_mean(text_states, pool).to(self._dtype)
         return self._output_projection(pooled, F.relu) + pooled
 
     # ----------------------------------------------------------------------------- helpers
-
-    def _masks(self, valid: torch.Tensor | None, rows: int) -> dict[str, torch.Tensor | None]:
-        return attention_masks(valid, rows, self._half_window, self._dtype, self._device)
 
     def _validated(self, input_ids: TokenArray, attention_mask: TokenArray) -> TokenBatch:
         return TokenBatch.from_inputs(

@@ -1,10 +1,5 @@
 """The ModernBERT backbone of both cde-small-v2 stages: transformers' `ModernBertModel` built
-from checkpoint settings, and the attention masks it runs with.
-
-The masks are built here rather than by transformers: the N + 8 context and prompt rows of
-stage 2 are never padding, and masked scores get a finite minimum so that a padding row whose
-local window holds only padding stays finite (an all-masked softmax row would be NaN).
-"""
+from checkpoint settings (it holds the weights; `modernbert_forward` runs them)."""
 
 from __future__ import annotations
 
@@ -17,7 +12,6 @@ from transformers.initialization import no_init_weights
 
 from cde_model.checkpoint_v2 import BackboneSizes
 
-FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
 _TOKEN_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "cls_token_id", "sep_token_id")
 
@@ -61,31 +55,3 @@ def build_backbone(
     module.eval()
     module.requires_grad_(False)
     return model
-
-
-def attention_masks(
-    valid: torch.Tensor | None,
-    rows: int,
-    half_window: int,
-    dtype: torch.dtype,
-    device: torch.device,
-) -> dict[str, torch.Tensor | None]:
-    """Additive masks for both layer types, keyed as ModernBertModel's layers look them up.
-
-    valid: bool [B, rows], False for padding keys (None: no padding). Global layers see every
-    valid key; local layers only keys within `half_window` positions of the query.
-    """
-    minimum = torch.finfo(dtype).min
-    positions = torch.arange(rows, device=device)
-    band = (positions[:, None] - positions[None, :]).abs() <= half_window  # [rows, rows]
-    if valid is None:
-        full = None
-        sliding_visible = band[None, None]
-    else:
-        full_visible = valid[:, None, None, :]
-        full = torch.zeros(full_visible.shape, dtype=dtype, device=device)
-        full.masked_fill_(~full_visible, minimum)
-        sliding_visible = band[None, None] & full_visible
-    sliding = torch.zeros(sliding_visible.shape, dtype=dtype, device=device)
-    sliding.masked_fill_(~sliding_visible, minimum)
-    return {FULL_ATTENTION: full, SLIDING_ATTENTION: sliding}
