@@ -147,6 +147,35 @@ def test_models_list_and_retrieve(base_url: str, context_set: str, served_model:
             api.models.retrieve("no-such-set-anywhere")
 
 
+def test_retrieve_checks_the_revision_in_the_id(
+    base_url: str, client: CdeClient, context_set: str, served_model: str
+) -> None:
+    client.create_context_set(context_set, DOCS[:2], replace=True)  # revision 2, active
+    client.delete_context_set(f"{context_set}@1")
+    with sdk(base_url) as api:
+        assert api.models.retrieve(f"{context_set}@2").id == f"{context_set}@2"
+        assert api.models.retrieve(f"{context_set}@2:query").object == "model"
+        with pytest.raises(openai.NotFoundError) as missing:
+            api.models.retrieve(f"{context_set}@7")
+        assert "has no revision 7; the latest is 2" in missing.value.message
+        with pytest.raises(openai.NotFoundError) as pruned:
+            api.models.retrieve(f"{context_set}@1")
+        assert "revision 1 was pruned or deleted" in pruned.value.message
+        assert api.models.retrieve(f"{served_model}@0").id == f"{served_model}@0"
+        with pytest.raises(openai.NotFoundError) as default:
+            api.models.retrieve(f"{served_model}@3")
+        assert "has only revision 0, not 3" in default.value.message
+        # the same answers as /v1/embeddings gives for those model strings
+        for model, retrieved in (
+            (f"{context_set}@7", missing),
+            (f"{context_set}@1", pruned),
+            (f"{served_model}@3", default),
+        ):
+            with pytest.raises(openai.NotFoundError) as embedded:
+                api.embeddings.create(model=model, input="x")
+            assert embedded.value.message == retrieved.value.message
+
+
 def test_typed_sdk_exceptions(base_url: str, served_model: str) -> None:
     with sdk(base_url) as api:
         with pytest.raises(openai.NotFoundError) as unknown:

@@ -118,6 +118,11 @@ class ContextSetPage:
     model_fingerprint: str
 
 
+def default_context_revision_error(revision: int) -> NotFoundError:
+    """NOT_FOUND for a revision of the built-in default context other than 0."""
+    return NotFoundError(f"the built-in default context has only revision 0, not {revision}")
+
+
 class EmbeddingService:
     """The service's operations; each takes the `ActiveCall` its transport opened."""
 
@@ -257,9 +262,7 @@ class EmbeddingService:
         """
         if not requested:
             if revision not in (None, 0):
-                raise NotFoundError(
-                    f"the built-in default context has only revision 0, not {revision}"
-                )
+                raise default_context_revision_error(revision)
             default, _ = await self._model.default_context()
             return default, 0
         reference = parse_context_set_reference(requested)

@@ -7,21 +7,21 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import TypeAdapter
+import orjson
 
 _FLOAT32_LE = np.dtype("<f4")
-_ANY_JSON: TypeAdapter[Any] = TypeAdapter(Any)
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 
 def rows_as(vectors: npt.NDArray[np.float32], encoding_format: str) -> list[Any]:
-    """Each row as a list of floats ("float") or a base64 string ("base64")."""
+    """Each row as a float32 array ("float": JSON numbers, float32's shortest round-trip
+    digits) or a base64 string ("base64")."""
+    array = np.ascontiguousarray(vectors, dtype=_FLOAT32_LE)
     if encoding_format == "base64":
-        array = np.ascontiguousarray(vectors, dtype=_FLOAT32_LE)
-        return [base64.b64encode(row.tobytes()).decode("ascii") for row in array]
-    rows: list[Any] = vectors.astype(np.float32, copy=False).tolist()
-    return rows
+        return [base64.b64encode(row.data).decode("ascii") for row in array]
+    return list(array)
 
 
 def json_bytes(payload: Any) -> bytes:
-    """`payload` (dicts, lists, numbers, strings) as compact JSON, serialized in Rust."""
-    return _ANY_JSON.dump_json(payload)
+    """`payload` (dicts, lists, numbers, strings, float32 arrays) as compact JSON (orjson)."""
+    return orjson.dumps(payload, option=_JSON_OPTIONS)

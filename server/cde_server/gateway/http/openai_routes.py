@@ -25,7 +25,12 @@ from cde_server.gateway.http.schemas import (
     ModelObject,
 )
 from cde_server.gateway.http.services import admitted, services_of
-from cde_server.gateway.service import EmbedInput, EmbedResult, TokenEmbedInput
+from cde_server.gateway.service import (
+    EmbedInput,
+    EmbedResult,
+    TokenEmbedInput,
+    default_context_revision_error,
+)
 from cde_server.inference.interface import ServedModelInfo
 
 router = APIRouter(tags=["OpenAI-compatible"])
@@ -166,13 +171,20 @@ async def list_models(request: Request, call: ActiveCall = _OPEN_A_I_LIST_MODELS
 async def retrieve_model(
     request: Request, model_id: str, call: ActiveCall = _OPEN_A_I_GET_MODEL_CALL
 ) -> Any:
-    """The served model or a context set, by id (a full model string is accepted too)."""
+    """The served model or a context set, by id (a full model string is accepted too; an
+    `@revision` in it must exist, as /v1/embeddings requires)."""
     services = services_of(request)
     info = await services.service.model_info()
-    name = target_set(parse_model_string(model_id), info)
+    selection = parse_model_string(model_id)
+    name = target_set(selection, info)
+    revision = selection.revision
     if not name:
+        if revision not in (None, 0):
+            raise default_context_revision_error(revision)
         return ModelObject(id=model_id, created=services.started_at, owned_by=OWNER)
-    view = await services.service.get_context_set(call, name)
+    view = await services.service.get_context_set(
+        call, name if revision is None else f"{name}@{revision}"
+    )
     return ModelObject(
         id=model_id,
         created=int(view.summary.created_at.timestamp()),
