@@ -24,22 +24,20 @@ from cde_model.batching import TokenBatch
 from cde_model.checkpoint import (
     CDEWeights,
     build_weights,
-    checkpoint_paths,
-    read_tensors,
     soft_prompt_rows,
 )
 from cde_model.config import CDEConfig
 from cde_model.description import describe_checkpoint
 from cde_model.interface import (
     EmbeddingModel,
-    ModelInfo,
+    ModelSpec,
     PreparedContext,
     TokenArray,
     context_rows,
     own_context,
     tensor_nbytes,
 )
-from cde_model.runtime import default_token_budget, resolve_device, resolve_dtype
+from cde_model.loading import load_checkpoint
 from cde_model.tokenizer import TextTokenizer
 
 
@@ -64,7 +62,7 @@ class CDEModel(EmbeddingModel):
         weights: CDEWeights,
         config: CDEConfig,
         tokenizer: TextTokenizer,
-        info: ModelInfo,
+        info: ModelSpec,
         token_budget: int,
     ) -> None:
         self._weights = weights
@@ -94,23 +92,24 @@ class CDEModel(EmbeddingModel):
         token_budget: int | None = None,
     ) -> CDEModel:
         """Load a checkpoint directory in the published layout."""
-        config_path, weights_path = checkpoint_paths(directory)
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
-        config = CDEConfig.from_file(config_path)
-        description = describe_checkpoint(directory, config, dtype, str(torch_device))
-        tokenizer = description.tokenizer
-        weights = build_weights(
-            config, read_tensors(weights_path), torch_device, torch_dtype, str(weights_path)
+        loaded = load_checkpoint(
+            directory,
+            read_config=CDEConfig.from_file,
+            describe=describe_checkpoint,
+            build_weights=build_weights,
+            vocab_rows=lambda weights: int(weights.first_stage.word_embeddings.shape[0]),
+            dtype=dtype,
+            device=device,
+            token_budget=token_budget,
         )
-        vocab_rows = weights.first_stage.word_embeddings.shape[0]
-        if tokenizer.vocab_size > vocab_rows:
-            raise ValueError(
-                f"the tokenizer of {directory} has {tokenizer.vocab_size} entries but the "
-                f"word embeddings only {vocab_rows} rows"
-            )
-        budget = token_budget or default_token_budget(torch_device)
-        return cls(weights, config, tokenizer, description.info, budget)
+        description = loaded.description
+        return cls(
+            loaded.weights,
+            loaded.config,
+            description.tokenizer,
+            description.info,
+            loaded.token_budget,
+        )
 
     # ----------------------------------------------------------------------------- stage 1
 

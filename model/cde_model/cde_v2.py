@@ -22,20 +22,21 @@ from transformers import ModernBertConfig
 
 from cde_model.backbone import masked_mean
 from cde_model.batching import TokenBatch
-from cde_model.checkpoint import checkpoint_paths, read_tensors, soft_prompt_rows
+from cde_model.checkpoint import soft_prompt_rows
 from cde_model.checkpoint_v2 import CDEV2Weights, build_v2_weights
 from cde_model.config_v2 import CDEV2Config
 from cde_model.description import describe_v2_checkpoint
 from cde_model.interface import (
     EmbeddingModel,
-    ModelInfo,
+    ModelSpec,
     PreparedContext,
     TokenArray,
+    context_rows,
     own_context,
     tensor_nbytes,
 )
+from cde_model.loading import load_checkpoint
 from cde_model.modernbert import attention_masks, build_backbone, modernbert_config
-from cde_model.runtime import default_token_budget, resolve_device, resolve_dtype
 from cde_model.tokenizer import TextTokenizer
 from cde_model.tokenizer_v2 import instruction_end_id
 
@@ -50,23 +51,6 @@ class CDEV2Context(PreparedContext):
     @property
     def nbytes(self) -> int:
         return tensor_nbytes(self.fixed_rows)
-
-
-def v2_context_rows(
-    dataset_embeddings: torch.Tensor | npt.NDArray[np.floating[Any]], info: ModelInfo
-) -> torch.Tensor:
-    """The first N dataset embeddings; fewer (at least one) are used as given, as published."""
-    rows = torch.as_tensor(dataset_embeddings)
-    if rows.dim() != 2 or rows.shape[1] != info.hidden_size:
-        raise ValueError(
-            f"dataset embeddings must be [rows, {info.hidden_size}], got {list(rows.shape)}"
-        )
-    if rows.shape[0] < 1:
-        raise ValueError("the model needs at least one dataset embedding")
-    rows = rows[: info.corpus_size]
-    if not bool(torch.isfinite(rows).all()):
-        raise ValueError("dataset embeddings contain NaN or infinite values")
-    return rows
 
 
 def instruction_pool_mask(ids: torch.Tensor, mask: torch.Tensor, end_id: int) -> torch.Tensor:
@@ -93,7 +77,7 @@ class CDEV2Model(EmbeddingModel):
         weights: CDEV2Weights,
         config: CDEV2Config,
         tokenizer: TextTokenizer,
-        info: ModelInfo,
+        info: ModelSpec,
         token_budget: int,
         device: torch.device,
         dtype: torch.dtype,
@@ -127,22 +111,26 @@ class CDEV2Model(EmbeddingModel):
         token_budget: int | None = None,
     ) -> CDEV2Model:
         """Load a checkpoint directory in the published v2 layout."""
-        config_path, weights_path = checkpoint_paths(directory)
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
-        config = CDEV2Config.from_file(config_path)
-        description = describe_v2_checkpoint(directory, config, dtype, str(torch_device))
-        tokenizer = description.tokenizer
-        weights = build_v2_weights(
-            config, read_tensors(weights_path), torch_device, torch_dtype, str(weights_path)
+        loaded = load_checkpoint(
+            directory,
+            read_config=CDEV2Config.from_file,
+            describe=describe_v2_checkpoint,
+            build_weights=build_v2_weights,
+            vocab_rows=lambda weights: weights.sizes.vocab,
+            dtype=dtype,
+            device=device,
+            token_budget=token_budget,
         )
-        if tokenizer.vocab_size > weights.sizes.vocab:
-            raise ValueError(
-                f"the tokenizer of {directory} has {tokenizer.vocab_size} entries but the "
-                f"token embeddings only {weights.sizes.vocab} rows"
-            )
-        budget = token_budget or default_token_budget(torch_device)
-        return cls(weights, config, tokenizer, description.info, budget, torch_device, torch_dtype)
+        description = loaded.description
+        return cls(
+            loaded.weights,
+            loaded.config,
+            description.tokenizer,
+            description.info,
+            loaded.token_budget,
+            loaded.device,
+            loaded.dtype,
+        )
 
     # ----------------------------------------------------------------------------- stage 1
 
@@ -168,7 +156,7 @@ class CDEV2Model(EmbeddingModel):
     def prepare_context(
         self, dataset_embeddings: torch.Tensor | npt.NDArray[np.floating[Any]]
     ) -> CDEV2Context:
-        rows = v2_context_rows(dataset_embeddings, self.info)
+        rows = context_rows(dataset_embeddings, self.info, fewer_allowed=True)
         rows = rows.to(device=self._device, dtype=self._dtype)
         return CDEV2Context(self.info.fingerprint, torch.cat((rows, self._prompt_rows)))
 

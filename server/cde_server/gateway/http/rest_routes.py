@@ -27,7 +27,7 @@ from cde_server.gateway.http.schemas import (
     EmbedRequest,
     EmbedResponse,
     LimitsInfo,
-    ModelInfo,
+    ModelInfoResponse,
     PromptInfo,
     PromptList,
     PromptText,
@@ -274,13 +274,13 @@ async def delete_prompt(
 
 
 # --- model ----------------------------------------------------------------------------------------
-@router.get("/v1/model-info", response_model=ModelInfo, responses=documented_errors())
+@router.get("/v1/model-info", response_model=ModelInfoResponse, responses=documented_errors())
 async def model_info(request: Request, call: ActiveCall = _GET_MODEL_INFO_CALL) -> Any:
     """The served model, its vocabulary size (for token-id input) and this gateway's limits."""
     service = services_of(request).service
     info = await service.model_info()
     s = service.settings
-    return ModelInfo(
+    return ModelInfoResponse(
         model_name=info.name,
         fingerprint=info.fingerprint,
         hidden_size=info.hidden_size,

@@ -234,7 +234,7 @@ class LimitsInfo(BaseModel):
     max_context_bytes: int
 
 
-class ModelInfo(BaseModel):
+class ModelInfoResponse(BaseModel):
     """GET /v1/model-info: the proto's GetModelInfoResponse, plus the vocabulary size."""
 
     model_name: str
