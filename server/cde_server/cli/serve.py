@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from cde_model.dtypes import DTYPES
+from cde_server.cli.lifecycle import add_model_options
 
 if TYPE_CHECKING:
     from cde_server.gateway.app import Gateway
@@ -26,13 +26,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "Ctrl-C/SIGTERM. Unset options come from CDE_* environment variables."
         ),
     )
-    parser.add_argument("--model", help='checkpoint directory or "demo" (CDE_MODEL, demo)')
-    parser.add_argument("--dtype", choices=DTYPES, help="(CDE_DTYPE)")
-    parser.add_argument(
-        "--tokenizer",
-        help="directory with tokenizer.json, for a cde-small-v2 snapshot that has none "
-        "(CDE_TOKENIZER)",
-    )
+    add_model_options(parser, model_default=", demo")
     parser.add_argument("--host", help="listen address (CDE_HOST, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="gRPC port (CDE_PORT, 50051)")
     parser.add_argument(
@@ -59,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         StopRequested,
         failure_status,
         report,
+        settings_from_options,
         stop_on_signals,
     )
     from cde_server.gateway.auth import Authenticator, KeysFileError
@@ -77,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
         "triton_url": args.triton_url,
         "metrics_port": args.metrics_port,
     }
+    settings = settings_from_options("serve", GatewaySettings, overrides)
+    if settings is None:
+        return EXIT_MISCONFIGURED
     try:
-        settings = GatewaySettings(**{k: v for k, v in overrides.items() if v is not None})
         triton_settings = _embedded_triton_settings(settings, args.tokenizer)
     except ValidationError as exc:
         report("serve", f"invalid settings:\n{exc}")
