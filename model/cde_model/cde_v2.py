@@ -11,7 +11,6 @@ What the published implementation computes (docs: cde-small-v2.md), reproduced a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,23 +20,19 @@ import torch.nn.functional as F
 from transformers import ModernBertConfig
 
 from cde_model.backbone import masked_mean
-from cde_model.batching import TokenBatch
 from cde_model.checkpoint import soft_prompt_rows
 from cde_model.checkpoint_v2 import CDEV2Weights, build_v2_weights
 from cde_model.config_v2 import CDEV2Config
 from cde_model.description import describe_v2_checkpoint
 from cde_model.interface import (
-    EmbeddingModel,
-    ModelSpec,
     PreparedContext,
     TokenArray,
     context_rows,
     own_context,
     tensor_nbytes,
 )
-from cde_model.loading import load_checkpoint
+from cde_model.loading import CheckpointFormat, CheckpointModel, LoadedCheckpoint
 from cde_model.modernbert import attention_masks, build_backbone, modernbert_config
-from cde_model.tokenizer import TextTokenizer
 from cde_model.tokenizer_v2 import instruction_end_id
 
 
@@ -67,21 +62,21 @@ def instruction_pool_mask(ids: torch.Tensor, mask: torch.Tensor, end_id: int) ->
     return mask & ~instruction
 
 
-class CDEV2Model(EmbeddingModel):
+class CDEV2Model(CheckpointModel):
     """A cde-small-v2 checkpoint on one device and dtype."""
 
     backbone_config: ModernBertConfig
 
-    def __init__(
-        self,
-        weights: CDEV2Weights,
-        config: CDEV2Config,
-        tokenizer: TextTokenizer,
-        info: ModelSpec,
-        token_budget: int,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> None:
+    checkpoint_format = CheckpointFormat(
+        read_config=CDEV2Config.from_file,
+        describe=describe_v2_checkpoint,
+        build_weights=build_v2_weights,
+        vocab_rows=lambda weights: weights.sizes.vocab,
+    )
+
+    def __init__(self, loaded: LoadedCheckpoint[CDEV2Config, CDEV2Weights]) -> None:
+        weights, config, device, dtype = loaded.weights, loaded.config, loaded.device, loaded.dtype
+        tokenizer = loaded.description.tokenizer
         backbone_config = modernbert_config(config.backbone, weights.sizes)
         self.backbone_config = backbone_config  # both stages' ModernBertConfig
         self._first = build_backbone(backbone_config, weights.first_stage, device)
@@ -90,59 +85,18 @@ class CDEV2Model(EmbeddingModel):
         self._output_projection = weights.output_projection
         self._half_window = int(backbone_config.local_attention) // 2
         self._config = config
-        self._vocab_rows = weights.sizes.vocab
+        self._vocab_rows = loaded.vocab_rows
         self._device, self._dtype = device, dtype
         self._end_id = (
             instruction_end_id(tokenizer) if config.pool_ignore_instruction_tokens else None
         )
         self.tokenizer = tokenizer
-        self.info = info
-        self._token_budget = token_budget
+        self.info = loaded.description.info
+        self._token_budget = loaded.token_budget
         hidden = weights.sizes.hidden
         self._prompt_rows = soft_prompt_rows(weights.prompt_projection, hidden, device, dtype)
 
-    @classmethod
-    def load(
-        cls,
-        directory: Path,
-        *,
-        dtype: str = "float32",
-        device: str | None = None,
-        token_budget: int | None = None,
-    ) -> CDEV2Model:
-        """Load a checkpoint directory in the published v2 layout."""
-        loaded = load_checkpoint(
-            directory,
-            read_config=CDEV2Config.from_file,
-            describe=describe_v2_checkpoint,
-            build_weights=build_v2_weights,
-            vocab_rows=lambda weights: weights.sizes.vocab,
-            dtype=dtype,
-            device=device,
-            token_budget=token_budget,
-        )
-        description = loaded.description
-        return cls(
-            loaded.weights,
-            loaded.config,
-            description.tokenizer,
-            description.info,
-            loaded.token_budget,
-            loaded.device,
-            loaded.dtype,
-        )
-
     # ----------------------------------------------------------------------------- stage 1
-
-    @torch.inference_mode()
-    def first_stage(self, input_ids: TokenArray, attention_mask: TokenArray) -> torch.Tensor:
-        batch = self._validated(input_ids, attention_mask)
-        return batch.embed_packs(
-            self._first_stage_pack,
-            width=self.info.hidden_size,
-            token_budget=self._token_budget,
-            device=self._device,
-        )
 
     def _first_stage_pack(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         masks = self._masks(None if bool(mask.all()) else mask, ids.shape[1])
@@ -201,8 +155,3 @@ class CDEV2Model(EmbeddingModel):
 
     def _masks(self, valid: torch.Tensor | None, rows: int) -> dict[str, torch.Tensor | None]:
         return attention_masks(valid, rows, self._half_window, self._dtype, self._device)
-
-    def _validated(self, input_ids: TokenArray, attention_mask: TokenArray) -> TokenBatch:
-        return TokenBatch.from_inputs(
-            input_ids, attention_mask, vocab_size=self._vocab_rows, max_tokens=self.info.max_tokens
-        )

@@ -6,7 +6,16 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from cde_server.cli.lifecycle import add_model_options
+from cde_server.cli.lifecycle import (
+    EXIT_MISCONFIGURED,
+    EXIT_STOPPED,
+    StopRequested,
+    add_model_options,
+    failure_status,
+    report,
+    settings_from_options,
+    stop_on_signals,
+)
 
 if TYPE_CHECKING:
     from cde_server.gateway.app import Gateway
@@ -47,15 +56,6 @@ def run(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from cde_server.cli.lifecycle import (
-        EXIT_MISCONFIGURED,
-        EXIT_STOPPED,
-        StopRequested,
-        failure_status,
-        report,
-        settings_from_options,
-        stop_on_signals,
-    )
     from cde_server.gateway.auth import Authenticator, KeysFileError
     from cde_server.gateway.request_log import configure_logging
     from cde_server.gateway.settings import GatewaySettings
@@ -144,7 +144,7 @@ def _run_gateway(settings: GatewaySettings, triton: TritonProcess | None) -> int
     """Run the gateway until a signal (0), or until the embedded Triton keeps dying (1)."""
     import asyncio
 
-    from cde_server.cli.lifecycle import EXIT_FAILED, EXIT_STOPPED, report
+    from cde_server.cli.lifecycle import EXIT_FAILED
     from cde_server.gateway.app import Gateway, serve_until_signalled
     from cde_server.triton.supervisor import TritonSupervisor
 

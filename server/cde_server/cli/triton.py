@@ -7,7 +7,17 @@ import signal
 import sys
 from typing import Any
 
-from cde_server.cli.lifecycle import add_model_options
+from cde_server.cli.lifecycle import (
+    EXIT_FAILED,
+    EXIT_MISCONFIGURED,
+    EXIT_STOPPED,
+    StopRequested,
+    add_model_options,
+    failure_status,
+    report,
+    settings_from_options,
+    stop_on_signals,
+)
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -45,16 +55,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start Triton, block until a signal or its exit; 0 on a clean stop."""
-    from cde_server.cli.lifecycle import (
-        EXIT_FAILED,
-        EXIT_MISCONFIGURED,
-        EXIT_STOPPED,
-        StopRequested,
-        failure_status,
-        report,
-        settings_from_options,
-        stop_on_signals,
-    )
     from cde_server.triton.environment import TritonSetupError
     from cde_server.triton.launcher import TritonProcess, TritonStartError
     from cde_server.triton.settings import TritonSettings
