@@ -151,8 +151,9 @@ def _run_gateway(settings: GatewaySettings, triton: TritonProcess | None) -> int
     async def main() -> int:
         gateway = Gateway(settings)
         server = asyncio.create_task(serve_until_signalled(gateway))
-        while gateway.port == 0 and not server.done():
-            await asyncio.sleep(0.05)
+        started = asyncio.create_task(gateway.started.wait())
+        await asyncio.wait({server, started}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
         if server.done():
             await server  # start-up failed: raise its error
             return EXIT_FAILED

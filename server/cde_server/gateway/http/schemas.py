@@ -244,6 +244,7 @@ class ModelInfoResponse(BaseModel):
     max_tokens: int
     vocab_size: int
     dtype: str
+    family: str = Field(description='"v1" (cde-small-v1), "v2" (cde-small-v2) or "demo"')
     limits: LimitsInfo
 
 
