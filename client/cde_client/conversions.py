@@ -233,6 +233,7 @@ def model_info(response: pb.GetModelInfoResponse) -> ModelInfo:
             max_message_bytes=int(limits.max_message_bytes),
             max_context_documents=int(limits.max_context_documents),
             max_concurrent_streams=int(limits.max_concurrent_streams),
+            max_context_bytes=int(limits.max_context_bytes),
         ),
         family=response.family,
     )

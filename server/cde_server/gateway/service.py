@@ -430,8 +430,20 @@ class EmbeddingService:
 
     # --- model --------------------------------------------------------------------------------
     async def model_info(self) -> ServedModelInfo:
-        """The served model (limits are in `settings`)."""
+        """The served model (its limits: `advertised_limits`)."""
         return await self._model.info()
+
+    def advertised_limits(self) -> dict[str, int]:
+        """The limits GetModelInfo and GET /v1/model-info report, by their proto field names."""
+        s = self.settings
+        return {
+            "max_texts_per_request": s.max_texts_per_request,
+            "max_text_bytes": s.max_text_bytes,
+            "max_message_bytes": s.max_message_bytes,
+            "max_context_documents": s.max_context_documents,
+            "max_concurrent_streams": s.max_concurrent_streams,
+            "max_context_bytes": s.max_context_bytes,
+        }
 
     async def _fingerprint_if_known(self) -> str:
         """The served model's fingerprint; "" when Triton cannot say (listing still works)."""

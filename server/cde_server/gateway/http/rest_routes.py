@@ -27,7 +27,7 @@ from cde_server.gateway.http.schemas import (
     EmbedRequest,
     EmbedResponse,
     LimitsInfo,
-    ModelInfo,
+    ModelInfoResponse,
     PromptInfo,
     PromptList,
     PromptText,
@@ -274,13 +274,12 @@ async def delete_prompt(
 
 
 # --- model ----------------------------------------------------------------------------------------
-@router.get("/v1/model-info", response_model=ModelInfo, responses=documented_errors())
+@router.get("/v1/model-info", response_model=ModelInfoResponse, responses=documented_errors())
 async def model_info(request: Request, call: ActiveCall = _GET_MODEL_INFO_CALL) -> Any:
     """The served model, its vocabulary size (for token-id input) and this gateway's limits."""
     service = services_of(request).service
     info = await service.model_info()
-    s = service.settings
-    return ModelInfo(
+    return ModelInfoResponse(
         model_name=info.name,
         fingerprint=info.fingerprint,
         hidden_size=info.hidden_size,
@@ -288,12 +287,6 @@ async def model_info(request: Request, call: ActiveCall = _GET_MODEL_INFO_CALL) 
         max_tokens=info.max_tokens,
         vocab_size=info.vocab_size,
         dtype=info.dtype,
-        limits=LimitsInfo(
-            max_texts_per_request=s.max_texts_per_request,
-            max_text_bytes=s.max_text_bytes,
-            max_message_bytes=s.max_message_bytes,
-            max_context_documents=s.max_context_documents,
-            max_concurrent_streams=s.max_concurrent_streams,
-            max_context_bytes=s.max_context_bytes,
-        ),
+        family=info.family,
+        limits=LimitsInfo(**service.advertised_limits()),
     )
