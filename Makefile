@@ -6,7 +6,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-fast lint proto bench bench-model bench-triton bench-gateway bench-http gpu-check-dry-run lint-deploy loadtest soak clean
+.PHONY: install run test test-fast lint proto bench bench-v2 bench-model bench-triton bench-gateway bench-http gpu-check-dry-run lint-deploy loadtest soak clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard proto/cde/v1/*.proto)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ bench-http: install
 ## One side-by-side run of every path (in-process, Triton, gateway + client), with a plot.
 bench: install
 	HF_HUB_OFFLINE=1 $(BIN)/python loadtest/bench_all.py
+
+## The same for a full-size cde-small-v2 checkpoint (random, written to .cache/ if missing).
+bench-v2: install
+	HF_HUB_OFFLINE=1 $(BIN)/python loadtest/bench_all.py --v2-checkpoint .cache/cde-v2-full
 
 ## The prepared GPU check on CPU (seconds); on a GPU host run: bash loadtest/gpu_check.sh
 gpu-check-dry-run: install

@@ -24,6 +24,11 @@ Writes loadtest/reports/bench_all.md and bench_all.png, and replaces the
 "## Full stack (make bench)" section of loadtest/RESULTS.md.
 
     .venv/bin/python loadtest/bench_all.py [--checkpoint .cache/cde-full] [--skip-demo] ...
+
+`--v2-checkpoint DIR` (`make bench-v2`) measures a full-size cde-small-v2 checkpoint instead
+(a random one is written there if missing) as the full-size stack, with
+`bench_model_v2.stage2_flops`, and replaces the "## Full stack, cde-small-v2 (make bench-v2)"
+section.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ REPO = LOADTEST.parent
 REPORTS = LOADTEST / "reports"
 RESULTS = LOADTEST / "RESULTS.md"
 SECTION = "## Full stack (make bench)"
+V2_SECTION = "## Full stack, cde-small-v2 (make bench-v2)"
 CONCURRENCIES = (1, 8, 32)
 SATURATED = 8  # on a 2-core CPU the full-size model keeps both cores busy from c=2 on
 PATHS = ("in-process", "triton", "gateway")
@@ -78,6 +84,7 @@ class Plan:
     context_documents: int
     store: Path | None  # persistent SQLite store (keeps the context set); None: temporary
     repeats: int  # runs of each path per cell (the best is kept)
+    family: str = "v1"  # of the full-size checkpoint: "v1" or "v2"
 
 
 @dataclass
@@ -150,6 +157,11 @@ def forward_flops(
     ids, mask = model.tokenizer.encode([text])
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         vectors = model.second_stage(ids, mask, prepared).numpy()
+    if plan.label == "full" and plan.family == "v2":
+        import bench_model_v2
+
+        flops = bench_model_v2.stage2_flops(int(mask.sum()))
+        return flops, "bench_model_v2.stage2_flops (useful FLOPs)", vectors
     if plan.label == "full":
         return bench_model.stage2_flops(int(mask.sum())), "bench_model.stage2_flops", vectors
     return float(counter.get_total_flops()), "torch FlopCounterMode", vectors
@@ -470,12 +482,16 @@ def machine_lines(matmul: float, total_s: float, results: Sequence[StackResult])
 
 
 def section(
-    results: Sequence[StackResult], matmul: float, total_s: float, plot: Path | None
+    results: Sequence[StackResult],
+    matmul: float,
+    total_s: float,
+    plot: Path | None,
+    heading: str = SECTION,
 ) -> str:
     full = next((r for r in results if r.plan.label == "full"), None)
     demo = next((r for r in results if r.plan.label == "demo"), None)
     lines = [
-        SECTION,
+        heading,
         "",
         f"`loadtest/bench_all.py` on {datetime.now(UTC):%Y-%m-%d}: one run, one machine; "
         "per stack an embedded Triton (CPU configs) and a `cde serve` gateway process on it. "
@@ -495,6 +511,8 @@ def section(
             if plan.label == "full"
             else f"demo model ({result.model_name})"
         )
+        if plan.family == "v2":
+            title = f"full-size random cde-small-v2 checkpoint ({result.model_name}), float32"
         counts = "; ".join(
             f"{PLURAL[kind]} " + "/".join(str(n) for n in n_texts)
             for kind, n_texts in plan.texts.items()
@@ -579,6 +597,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-full", action="store_true", help="only the demo stack")
     parser.add_argument("--skip-demo", action="store_true", help="only the full-size stack")
     parser.add_argument("--no-write", action="store_true", help="leave RESULTS.md alone")
+    parser.add_argument(
+        "--v2-checkpoint", type=Path, default=None, help="measure this cde-small-v2 stack only"
+    )
     return parser.parse_args(argv)
 
 
@@ -589,7 +610,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
     plans = []
-    if not args.skip_full:
+    if args.v2_checkpoint is not None:
+        plans.append(v2_plan(args))
+    elif not args.skip_full:
         if not (args.checkpoint / "config.json").is_file():
             from cde_model.random_checkpoint import write_random_checkpoint
 
@@ -607,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 repeats=1,
             )
         )
-    if not args.skip_demo:
+    if not args.skip_demo and args.v2_checkpoint is None:
         plans.append(
             Plan(
                 label="demo",
@@ -635,12 +658,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     REPORTS.mkdir(parents=True, exist_ok=True)
     plot = REPORTS / "bench_all.png"
     draw(results, plot)
-    text = section(results, matmul, total_s, plot)
+    heading = SECTION if args.v2_checkpoint is None else V2_SECTION
+    text = section(results, matmul, total_s, plot, heading)
     (REPORTS / "bench_all.md").write_text(text, encoding="utf-8")
     print(text)
     if not args.no_write:
-        replace_section(RESULTS, SECTION, text)
+        replace_section(RESULTS, heading, text)
     return 0
+
+
+def v2_plan(args: argparse.Namespace) -> Plan:
+    """The full-size cde-small-v2 stack (a random checkpoint is written if missing)."""
+    checkpoint: Path = args.v2_checkpoint
+    if not (checkpoint / "config.json").is_file():
+        from cde_model.random_checkpoint_v2 import write_random_v2_checkpoint
+
+        print(f"writing a full-size random v2 checkpoint to {checkpoint}", flush=True)
+        write_random_v2_checkpoint(checkpoint, "full", seed=0)
+    return Plan(
+        label="full",
+        model=str(checkpoint),
+        texts={"query": args.full_queries, "document": args.full_documents},
+        query_tokens=args.query_tokens,
+        document_tokens=args.document_tokens,
+        context_documents=512,
+        store=REPO / ".cache" / "bench-all-v2.db",  # keeps the context set between runs
+        repeats=1,
+        family="v2",
+    )
 
 
 if __name__ == "__main__":
