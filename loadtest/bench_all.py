@@ -611,25 +611,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     plans = []
     if args.v2_checkpoint is not None:
-        plans.append(v2_plan(args))
+        plans.append(full_plan(args, args.v2_checkpoint, "v2"))
     elif not args.skip_full:
-        if not (args.checkpoint / "config.json").is_file():
-            from cde_model.random_checkpoint import write_random_checkpoint
-
-            print(f"writing a full-size random checkpoint to {args.checkpoint}", flush=True)
-            write_random_checkpoint(args.checkpoint, size="full", seed=0)
-        plans.append(
-            Plan(
-                label="full",
-                model=str(args.checkpoint),
-                texts={"query": args.full_queries, "document": args.full_documents},
-                query_tokens=args.query_tokens,
-                document_tokens=args.document_tokens,
-                context_documents=512,
-                store=REPO / ".cache" / "bench-all.db",  # keeps the context set between runs
-                repeats=1,
-            )
-        )
+        plans.append(full_plan(args, args.checkpoint, "v1"))
     if not args.skip_demo and args.v2_checkpoint is None:
         plans.append(
             Plan(
@@ -667,14 +651,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def v2_plan(args: argparse.Namespace) -> Plan:
-    """The full-size cde-small-v2 stack (a random checkpoint is written if missing)."""
-    checkpoint: Path = args.v2_checkpoint
+def full_plan(args: argparse.Namespace, checkpoint: Path, family: str) -> Plan:
+    """The full-size stack of `family` (a random checkpoint is written if missing)."""
     if not (checkpoint / "config.json").is_file():
+        from cde_model.random_checkpoint import write_random_checkpoint
         from cde_model.random_checkpoint_v2 import write_random_v2_checkpoint
 
-        print(f"writing a full-size random v2 checkpoint to {checkpoint}", flush=True)
-        write_random_v2_checkpoint(checkpoint, "full", seed=0)
+        print(f"writing a full-size random {family} checkpoint to {checkpoint}", flush=True)
+        if family == "v2":
+            write_random_v2_checkpoint(checkpoint, "full", seed=0)
+        else:
+            write_random_checkpoint(checkpoint, size="full", seed=0)
     return Plan(
         label="full",
         model=str(checkpoint),
@@ -682,9 +669,10 @@ def v2_plan(args: argparse.Namespace) -> Plan:
         query_tokens=args.query_tokens,
         document_tokens=args.document_tokens,
         context_documents=512,
-        store=REPO / ".cache" / "bench-all-v2.db",  # keeps the context set between runs
+        # keeps the context set between runs
+        store=REPO / ".cache" / ("bench-all.db" if family == "v1" else "bench-all-v2.db"),
         repeats=1,
-        family="v2",
+        family=family,
     )
 
 
