@@ -155,7 +155,7 @@ def test_cde_serve_prints_the_http_address_and_a_working_curl(
     gateway_process_factory: Any,
 ) -> None:
     process = gateway_process_factory(http_port="0")
-    output = process.output()
+    output = announced(process)
     http = re.search(r"^  http: (http://\S+)$", output, re.M)
     assert http is not None, output
     curl = next(line.strip() for line in output.splitlines() if line.strip().startswith("curl"))
@@ -164,4 +164,16 @@ def test_cde_serve_prints_the_http_address_and_a_working_curl(
     assert answer["object"] == "list" and len(answer["data"][0]["embedding"]) > 0
     assert httpx.get(f"{http.group(1)}/readyz", timeout=30).status_code in (200, 503)
     off = gateway_process_factory(http_port="off")
-    assert "  http: off" in off.output()
+    assert "  http: off" in announced(off)
+
+
+def announced(process: Any, timeout_s: float = 30.0) -> str:
+    """The process's output once it has printed the lines after "gateway ready" (the curl
+    line or "http: off"): the ready line alone ends the fixture's wait."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        output: str = process.output()
+        if "curl" in output or "  http: off" in output:
+            return output
+        time.sleep(0.05)
+    return str(process.output())
