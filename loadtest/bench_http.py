@@ -9,8 +9,9 @@ pool of c keep-alive connections, orjson on both ends of the body). Both clients
 and decode the vectors into float32 arrays, so neither measures itself: the clients run in this
 process, on the same machine as the server, and their CPU counts against both alike.
 The transports take turns in `--rounds` short slices (rotating the order), so load from other
-work on a shared machine falls on all of them alike. Reports texts/s and request latency
-p50/p99, and HTTP's throughput relative to gRPC's.
+work on a shared machine falls on all of them alike. Reports texts/s, request latency
+p50/p99, HTTP's throughput relative to gRPC's, and the CPU seconds per text of every process
+involved (clients, gateway, Triton and its stubs), which load from other work disturbs less.
 Results replace the "## HTTP API (make bench-http)" section of loadtest/RESULTS.md.
 
     .venv/bin/python loadtest/bench_http.py [--seconds 8] [--rounds 4] [--batch 8] [--no-write]
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import os
 import subprocess
 import sys
@@ -54,6 +56,7 @@ class Measurement:
     texts_per_s: float
     p50_ms: float
     p99_ms: float
+    cpu_ms_per_text: float  # every process: clients, gateway, Triton and its stubs
 
 
 def queries(count: int, seed: int) -> list[str]:
@@ -72,6 +75,7 @@ class Tally:
     texts: int = 0
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    cpu_seconds: float = 0.0
 
     def measurement(self, transport: str, concurrency: int) -> Measurement:
         ms = np.array(self.latencies) * 1000
@@ -81,11 +85,36 @@ class Tally:
             self.texts / self.seconds,
             float(np.percentile(ms, 50)),
             float(np.percentile(ms, 99)),
+            1000 * self.cpu_seconds / self.texts,
         )
 
 
+def cpu_seconds_of(pids: list[int]) -> Callable[[], float]:
+    """CPU seconds (user + system) used so far by the processes `pids` and their descendants
+    (as they are now: the stack's processes live for the whole run)."""
+    import psutil
+
+    roots = [psutil.Process(pid) for pid in pids]
+    processes = roots + [child for root in roots for child in root.children(recursive=True)]
+
+    def total() -> float:
+        seconds = 0.0
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                seconds += times.user + times.system
+        return seconds
+
+    return total
+
+
 async def closed_loop(
-    seconds: float, concurrency: int, batch: int, send: Send, tally: Tally
+    seconds: float,
+    concurrency: int,
+    batch: int,
+    send: Send,
+    tally: Tally,
+    cpu: Callable[[], float] = lambda: 0.0,
 ) -> None:
     """`concurrency` clients sending requests back to back for `seconds`, added to `tally`."""
     end = time.perf_counter() + seconds
@@ -102,15 +131,22 @@ async def closed_loop(
             tally.latencies.append(time.perf_counter() - sent)
             tally.texts += rows
 
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), cpu()
     await asyncio.gather(*(client(i) for i in range(concurrency)))
     tally.seconds += time.perf_counter() - started
+    tally.cpu_seconds += cpu() - cpu_before
 
 
 async def measure(
-    grpc_address: str, http_url: str, seconds: float, rounds: int, batch: int
+    grpc_address: str,
+    http_url: str,
+    seconds: float,
+    rounds: int,
+    batch: int,
+    cpu: Callable[[], float],
 ) -> list[Measurement]:
-    """Every transport at every concurrency, in `rounds` alternating slices each."""
+    """Every transport at every concurrency, in `rounds` alternating slices each; `cpu`:
+    the CPU seconds every process involved has used so far."""
     import aiohttp
     import grpc
     import orjson
@@ -174,13 +210,15 @@ async def measure(
                             batch,
                             senders[transport],
                             tallies[transport],
+                            cpu,
                         )
                 for transport in TRANSPORTS:
                     result = tallies[transport].measurement(transport, concurrency)
                     results.append(result)
                     print(
                         f"{transport:12s} c={concurrency:3d} {result.texts_per_s:8.1f} texts/s "
-                        f"p50 {result.p50_ms:7.1f} ms p99 {result.p99_ms:7.1f} ms",
+                        f"p50 {result.p50_ms:7.1f} ms p99 {result.p99_ms:7.1f} ms "
+                        f"CPU {result.cpu_ms_per_text:6.2f} ms/text",
                         flush=True,
                     )
     return results
@@ -230,26 +268,36 @@ def section(results: list[Measurement], batch: int, seconds: float, rounds: int,
         "`/v1/embeddings` (aiohttp + orjson) vs gRPC `Embed` (grpc.aio); ratio = HTTP "
         "texts/s over gRPC texts/s at the same concurrency.",
         "",
-        "| c | transport | texts/s | p50 ms | p99 ms | ratio vs gRPC |",
-        "| ---: | --- | ---: | ---: | ---: | ---: |",
+        "| c | transport | texts/s | p50 ms | p99 ms | ratio vs gRPC | CPU ms/text | CPU ratio |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for concurrency in CONCURRENCY:
         grpc_rate = by[("grpc", concurrency)].texts_per_s
+        grpc_cpu = by[("grpc", concurrency)].cpu_ms_per_text
         for transport in TRANSPORTS:
             m = by[(transport, concurrency)]
             lines.append(
                 f"| {concurrency} | {transport} | {m.texts_per_s:.1f} | {m.p50_ms:.1f} | "
-                f"{m.p99_ms:.1f} | {m.texts_per_s / grpc_rate:.2f} |"
+                f"{m.p99_ms:.1f} | {m.texts_per_s / grpc_rate:.2f} | "
+                f"{m.cpu_ms_per_text:.2f} | {grpc_cpu / m.cpu_ms_per_text:.2f} |"
             )
     saturated = max(CONCURRENCY)
     ratios = [
         by[(t, saturated)].texts_per_s / by[("grpc", saturated)].texts_per_s for t in TRANSPORTS[1:]
     ]
+    cpu_ratios = [
+        by[("grpc", saturated)].cpu_ms_per_text / by[(t, saturated)].cpu_ms_per_text
+        for t in TRANSPORTS[1:]
+    ]
     verdict = "meets" if min(ratios) >= 0.9 else "misses"
     lines += [
         "",
         f"At c = {saturated} HTTP reaches {min(ratios):.2f}-{max(ratios):.2f}x gRPC's throughput "
-        f"({verdict} the 0.9x target).",
+        f"({verdict} the 0.9x target). CPU ms/text counts every process (the clients in this "
+        "process, the gateway, Triton and its stubs) over the cell; CPU ratio = gRPC's CPU "
+        "per text over this transport's, what the throughput ratio tends to on a machine "
+        f"saturated by the stack alone: {min(cpu_ratios):.2f}-{max(cpu_ratios):.2f} at "
+        f"c = {saturated}.",
         "",
     ]
     return "\n".join(lines)
@@ -277,8 +325,9 @@ def main() -> int:
             )
             created.raise_for_status()
             model = httpx.get(f"{http_url}/v1/model-info", timeout=60).json()["model_name"]
+            cpu = cpu_seconds_of([os.getpid(), process.pid])
             results = asyncio.run(
-                measure(grpc_address, http_url, args.seconds, args.rounds, args.batch)
+                measure(grpc_address, http_url, args.seconds, args.rounds, args.batch, cpu)
             )
         finally:
             process.terminate()
