@@ -1,22 +1,32 @@
 """Abuse before and after authentication (issue 17): unauthenticated floods cost no parsing,
-oversized messages are refused by RPC, idle streams are closed and free their slot, and one
-tenant cannot hold every stream slot when auth is on."""
+oversized messages are refused by RPC, idle streams are closed and free their slot, one
+tenant cannot hold every stream slot when auth is on, and a full Triton queue is a retryable
+RESOURCE_EXHAUSTED."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import psutil
 from cde.v1 import embedding_service_pb2 as pb
 from cde.v1 import embedding_service_pb2_grpc as pb_grpc
+from cde_client import HealthStatus
 from cde_server.gateway.auth import Authenticator, generate_key, hash_key
 from cde_server.gateway.limits import tenant_limiter
 from cde_server.gateway.settings import GatewaySettings
+from cde_server.triton import protocol as tp
+from cde_server.triton.launcher import TritonProcess
+from cde_server.triton.settings import DEFAULT_MODEL_REPOSITORY
+from support.gateway_fixtures import GatewayFactory
+from support.probes import health
 from support.process_fixtures import GatewayProcessFactory
+from support.triton_fixtures import tiny_triton_settings
 
 MIB = 1024 * 1024
 FLOOD_MESSAGE_BYTES = 30 * MIB
@@ -202,3 +212,55 @@ def test_connections_without_a_handshake_are_closed(
             while connection.recv(4096):  # the server's SETTINGS, then end of stream
                 pass
     assert time.monotonic() - started < 8
+
+
+def test_a_full_triton_queue_is_resource_exhausted_with_retry_after_and_the_endpoint_stays_up(
+    tmp_path: Path, gateway_factory: GatewayFactory
+) -> None:
+    """Triton's max_queue_size (here 1 for the second stage) refuses with UNAVAILABLE "Exceeds
+    maximum queue size"; the gateway answers RESOURCE_EXHAUSTED with retry-after, and keeps
+    the endpoint in service (health SERVING, the next call served)."""
+    repository = tmp_path / "model_repository"
+    shutil.copytree(DEFAULT_MODEL_REPOSITORY, repository)
+    config = repository / tp.SECOND_STAGE_MODEL / "configs" / "cpu.pbtxt"
+    text = config.read_text()
+    assert "max_queue_size: 2048" in text
+    config.write_text(text.replace("max_queue_size: 2048", "max_queue_size: 1"))
+    settings = tiny_triton_settings(tmp_path / "cache", triton_model_repository=repository)
+    texts = ["lorem ipsum dolor sit amet " * 60] * 32
+    outcomes: list[tuple[grpc.StatusCode, str, dict[str, str]]] = []
+    lock = threading.Lock()
+
+    def call(stub: pb_grpc.EmbeddingServiceStub, index: int) -> None:
+        request = pb.EmbedRequest(texts=[f"{index} {text}" for text in texts])
+        try:
+            stub.Embed(request, timeout=120)
+            outcome = (grpc.StatusCode.OK, "", {})
+        except grpc.RpcError as error:
+            trailers = {key: str(value) for key, value in error.trailing_metadata() or ()}
+            outcome = (error.code(), error.details() or "", trailers)
+        with lock:
+            outcomes.append(outcome)
+
+    with TritonProcess(settings) as triton:
+        gateway = gateway_factory(triton_url=triton.grpc_url, max_texts_in_flight=4096)
+        with grpc.insecure_channel(gateway.address) as channel:
+            stub = pb_grpc.EmbeddingServiceStub(channel)
+            stub.Embed(pb.EmbedRequest(texts=["warm up"]), timeout=60)
+            threads = [threading.Thread(target=call, args=(stub, i)) for i in range(24)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert health(gateway.address) == HealthStatus.SERVING
+            assert stub.Embed(pb.EmbedRequest(texts=["after"]), timeout=60).embeddings.rows == 1
+    refused = [o for o in outcomes if o[0] == grpc.StatusCode.RESOURCE_EXHAUSTED]
+    print(f"\nTriton queue of 1: {len(outcomes) - len(refused)} served, {len(refused)} refused")
+    assert {code for code, _, _ in outcomes} <= {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+    assert refused, "Triton's queue bound was never reached"
+    for _, details, trailers in refused:
+        assert "its queue is full); retry shortly" in details, details
+        assert float(trailers["retry-after"]) > 0
