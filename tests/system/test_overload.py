@@ -233,6 +233,7 @@ def test_a_full_triton_queue_is_resource_exhausted_with_retry_after_and_the_endp
 
     def call(stub: pb_grpc.EmbeddingServiceStub, index: int) -> None:
         request = pb.EmbedRequest(texts=[f"{index} {text}" for text in texts])
+        outcome: tuple[grpc.StatusCode, str, dict[str, str]]
         try:
             stub.Embed(request, timeout=120)
             outcome = (grpc.StatusCode.OK, "", {})

@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -280,9 +281,7 @@ def test_revisions_built_on_one_gateway_are_pinned_and_activated_on_another(
 
         # --- both gateways create revisions of one set at once: distinct numbers ---------------
         creates: list[Callable[[], object]] = [
-            lambda client=client, docs=docs: client.create_context_set(
-                "docs", docs, replace=True, activate=False
-            )
+            partial(client.create_context_set, "docs", docs, replace=True, activate=False)
             for client, docs in [(a, FIRST_DOCS), (b, SECOND_DOCS)] * 3
         ]
         outcomes = at_once(creates)
@@ -304,7 +303,7 @@ def test_revisions_built_on_one_gateway_are_pinned_and_activated_on_another(
         for round_ in range(4):
             wanted = [numbers[round_], numbers[-1 - round_], 1, 2]
             activates: list[Callable[[], object]] = [
-                lambda client=client, n=n: client.activate_context_set("docs", n)
+                partial(client.activate_context_set, "docs", n)
                 for client, n in zip([a, b, a, b], wanted, strict=True)
             ]
             outcomes = at_once(activates)
