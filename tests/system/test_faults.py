@@ -1,5 +1,6 @@
-"""Faults against real processes: Triton killed and restarted, gateway SIGTERM and SIGKILL,
-Redis outage, client cancellation and deadlines (issue 7, "Faults")."""
+"""Faults against real processes: Triton killed and restarted, gateway SIGTERM and SIGKILL (also
+in the middle of context-set revision work, issue 15), Redis outage, client cancellation and
+deadlines (issue 7, "Faults")."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from cde_server.triton.launcher import TritonProcess
 from prometheus_client.parser import text_string_to_metric_families
 from support.gateway_fixtures import GatewayFactory, ignore_poller_wakeups
 from support.probes import health, wait_for
-from support.process_fixtures import GatewayProcessFactory
+from support.process_fixtures import GatewayProcess, GatewayProcessFactory
 from support.store_fixtures import RedisServer
 from support.triton_fixtures import tiny_triton_settings
 
@@ -228,6 +229,21 @@ def test_triton_killed_under_load_recovers_without_gateway_restart(
 
 
 # --- gateway SIGTERM and SIGKILL (real `cde serve` processes) ------------------------------------
+def crash_during(
+    call: Any, process: GatewayProcess, then: Callable[[], object] | None = None
+) -> None:
+    """SIGKILL the gateway half a second into the in-flight `call` (a grpc future), run `then`,
+    and check that the call failed UNAVAILABLE."""
+    time.sleep(0.5)
+    assert not call.done(), "the call finished before the crash"
+    process.kill()
+    if then is not None:
+        then()
+    with pytest.raises(grpc.RpcError) as crashed:
+        call.result()
+    assert crashed.value.code() == Code.UNAVAILABLE
+
+
 def test_gateway_sigterm_drains_in_flight_calls_and_exits_cleanly(
     gateway_process_factory: GatewayProcessFactory,
 ) -> None:
@@ -295,12 +311,7 @@ def test_gateway_crash_during_create_leaves_no_half_written_set(
         stub = pb_grpc.EmbeddingServiceStub(channel)
         with BusyFirstStage(triton_process):  # stage 1 of the create waits behind these
             create = stub.CreateContextSet.future(create_request("torn", DOCUMENTS), timeout=60)
-            time.sleep(0.5)
-            assert not create.done(), "the create finished before the crash"
-            process.kill()
-            with pytest.raises(grpc.RpcError) as crashed:
-                create.result()
-    assert crashed.value.code() == Code.UNAVAILABLE
+            crash_during(create, process)
     process.start()
     with CdeClient(process.address, retry=False, timeout=30) as client:
         with pytest.raises(NotFound):
@@ -385,13 +396,7 @@ def test_gateway_crash_during_a_revision_upload_keeps_the_served_revision(
         stub = pb_grpc.EmbeddingServiceStub(channel)
         upload = revision_upload("docs", VARIANTS[1], activate, hold)
         create = stub.CreateContextSet.future(upload, timeout=60)
-        time.sleep(0.5)  # the first documents are in the gateway
-        assert not create.done(), "the create finished before the crash"
-        process.kill()
-        hold.set()
-        with pytest.raises(grpc.RpcError) as crashed:
-            create.result()
-    assert crashed.value.code() == Code.UNAVAILABLE
+        crash_during(create, process, then=hold.set)  # the first documents are in the gateway
     process.start()
     with CdeClient(process.address, retry=False, timeout=30) as client:
         assert assert_consistent(client, "docs", references, kept=5) == [1]

@@ -6,7 +6,9 @@ prompts written through one gateway are usable through the other at once and del
 seen everywhere; concurrent creates of one name have exactly one winner; no request fails
 while a Triton dies (the gateways retry on the other one); the restarted Triton rejoins and
 serves again; a replace is atomic for readers on both gateways; every embedding equals the
-reference whichever gateway and Triton served it.
+reference whichever gateway and Triton served it. Revisions (issue 15), on Redis and on one
+SQLite file: built through one gateway, pinned and activated through the other; concurrent
+creates through both get distinct numbers; concurrent activates leave one winner.
 """
 
 from __future__ import annotations

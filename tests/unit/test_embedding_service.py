@@ -97,15 +97,7 @@ class CachingInference(FakeInference):
         super().__init__()
         self.contexts: dict[str, FloatMatrix] = {}
 
-    async def embed(
-        self,
-        texts: Sequence[str],
-        context: ContextRef,
-        *,
-        max_tokens: int,
-        allow_truncation: bool = True,
-        timeout_s: float | None = None,
-    ) -> Encoded:
+    async def embed(self, texts: Sequence[str], context: ContextRef, **options: Any) -> Encoded:
         if context.context_id not in self.contexts:
             self.contexts[context.context_id] = await context.load()
         cached = self.contexts[context.context_id]
@@ -113,9 +105,7 @@ class CachingInference(FakeInference):
         async def from_cache() -> FloatMatrix:
             return cached
 
-        return await super().embed(
-            texts, ContextRef(context.context_id, from_cache), max_tokens=max_tokens
-        )
+        return await super().embed(texts, ContextRef(context.context_id, from_cache), **options)
 
 
 class CountingStore:
