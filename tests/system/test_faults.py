@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -417,6 +418,7 @@ class RevisionChurn:
         self.rng = np.random.default_rng(seed)
         self.acknowledged: list[int] = []  # revision numbers the gateway answered with
         self.unexpected: list[Exception] = []
+        self.interrupted: list[str] = []  # the operations the kill cut off
         self._threads = [
             threading.Thread(target=self._run, args=(work,), daemon=True)
             for work in (self._create, self._activate)
@@ -436,8 +438,9 @@ class RevisionChurn:
             while True:
                 try:
                     work(client)
-                except Unavailable:
-                    return  # the gateway was killed
+                except Unavailable:  # the gateway was killed
+                    self.interrupted.append(work.__name__.strip("_"))
+                    return
                 except NotFound:
                     continue  # activating a revision the other thread's create just pruned
                 except Exception as exc:  # recorded: the test fails on it
@@ -465,20 +468,24 @@ def test_gateway_killed_at_random_points_of_revision_work_leaves_every_set_consi
         references = variant_references(client)
         client.create_context_set("docs", VARIANTS[0])
     rng = np.random.default_rng(15)
-    highest, operations = 1, 0
+    highest, operations, interrupted = 1, 0, Counter[str]()
     for kill in range(6):
         with RevisionChurn(process.address, "docs", seed=kill) as churn:
             time.sleep(float(rng.uniform(0.3, 2.0)))
             process.kill()
         assert not churn.unexpected, churn.unexpected
         operations += len(churn.acknowledged)
+        interrupted.update(churn.interrupted)
         highest = max([highest, *churn.acknowledged])
         process.start()
         with CdeClient(process.address, retry=False, timeout=30) as client:
             numbers = assert_consistent(client, "docs", references, kept)
         assert numbers[-1] >= highest, "an acknowledged revision was lost"
     assert operations > 6, "the churn did too little work between the kills"
-    print(f"\n6 kills, {operations} acknowledged creates/activates, last revision {highest}")
+    print(
+        f"\n6 kills, {operations} acknowledged creates/activates, last revision {highest}; "
+        f"calls cut off by the kills: {dict(interrupted)}"
+    )
 
 
 # --- Redis unavailable ----------------------------------------------------------------------------
