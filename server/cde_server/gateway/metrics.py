@@ -80,7 +80,7 @@ class GatewayMetrics:
         self.triton_endpoint_calls = Counter(
             "cde_gateway_triton_endpoint_calls",
             "Backend calls by Triton endpoint and result (ok, unavailable: retried elsewhere, "
-            "error)",
+            "busy: its queue was full, tried elsewhere, error)",
             ["endpoint", "result"],
             registry=self.registry,
         )

@@ -163,6 +163,10 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
               "already wait (retry-after trailer)", grpc.StatusCode.RESOURCE_EXHAUSTED,
               "the server is at capacity (512 texts in flight, 16384 of yours queued); retry "
               "shortly"),
+    ErrorCase("Triton's queue of a model is full (its max_queue_size) on every endpoint "
+              "(retry-after trailer)", grpc.StatusCode.RESOURCE_EXHAUSTED,
+              "the inference server is at capacity (cde_second_stage: its queue is full); "
+              "retry shortly"),
     ErrorCase("The caller's deadline passed while its call waited for capacity",
               grpc.StatusCode.DEADLINE_EXCEEDED,
               "the deadline passed while the call waited for capacity"),
