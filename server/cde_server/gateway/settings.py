@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 EmbedPath = Literal["ensemble", "direct"]
+GatewayTokenizer = Literal["auto", "off"]
 
 
 def default_state_dir() -> Path:
@@ -74,7 +75,13 @@ class GatewaySettings(BaseSettings):
     )
     embed_path: EmbedPath = Field(
         default="direct",
-        description="ensemble: cde_embed; direct: cde_tokenize then cde_second_stage",
+        description="ensemble: cde_embed; direct: tokenize (see gateway_tokenizer), then "
+        "cde_second_stage",
+    )
+    gateway_tokenizer: GatewayTokenizer = Field(
+        default="auto",
+        description="direct path: auto tokenizes in the gateway with the tokenizer Triton's "
+        "cde_model_info hands out (else cde_tokenize); off always calls cde_tokenize",
     )
     metrics_port: int | None = Field(
         default=9464, ge=0, le=65535, description="Prometheus /metrics HTTP port (off: disabled)"
