@@ -52,10 +52,11 @@ class Snapshot:
     stats: dict[str, dict[str, float]]  # model -> stage -> ns so far; "count", "executions"
 
 
-def processes(triton_pid: int, gateway_pid: int) -> dict[str, int]:
+def processes(triton_pid: int, gateway_pid: int | None) -> dict[str, int]:
     """label -> pid of every server process of the path."""
     from cde_server.triton.launcher import process_group_members
 
+    assert gateway_pid is not None
     found = {"gateway": gateway_pid}
     for pid in process_group_members(triton_pid):
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -90,61 +91,94 @@ def snapshot(client: Any, pids: dict[str, int]) -> Snapshot:
 
 @dataclass
 class Round:
+    variant: str
     concurrency: int
     texts: int
     seconds: float
     cpu: dict[str, float]  # label -> CPU s of this round
     stats: dict[str, dict[str, float]]  # model -> stage -> ns of this round (and counts)
-    in_process_s: float
-    in_process_cpu: float
+    in_process_s: float = 0.0
+    in_process_cpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One gateway of the run: its label, address and processes."""
+
+    label: str
+    address: str
+    pids: dict[str, int]
 
 
 async def measure(
-    address: str, triton_url: str, pids: dict[str, int], plan: dict[int, int], model: Any
+    variants: Sequence[Variant], triton_url: str, plan: dict[int, int], model: Any, repeats: int
 ) -> list[Round]:
+    """Every variant at every concurrency, `repeats` times in rotating order; the best run of
+    each (and of the in-process model) is kept."""
+    import numpy as np
     import tritonclient.grpc as triton_grpc
     from cde_client import AsyncCdeClient
 
     stats_client = triton_grpc.InferenceServerClient(triton_url.removeprefix("grpc://"))
-    client = AsyncCdeClient(address, timeout=3600.0)
+    clients = {v.label: AsyncCdeClient(v.address, timeout=3600.0) for v in variants}
     documents = corpus.context_documents(64)
-    context_set, _, _ = await bench_all.ensure_context_set(client, documents)
-    import numpy as np
+    prepared = None
+    for client in clients.values():  # one store per gateway: the same set in each
+        context_set, _, _ = await bench_all.ensure_context_set(client, documents)
+        prepared = model.prepare_context(np.asarray(context_set.dataset_embeddings, np.float32))
 
-    prepared = model.prepare_context(np.asarray(context_set.dataset_embeddings, np.float32))
-
-    async def send(texts: list[str]) -> int:
-        result = await client.embed(texts, prompt="query", context=bench_all.CONTEXT_SET)
-        return len(result.embeddings)
-
-    warm = corpus.queries(64, min_tokens=8, max_tokens=8, seed=5)
-    await bench_all.closed_loop(warm, 8, send)
-    rounds = []
-    for concurrency, count in plan.items():
-        texts = corpus.queries(count, min_tokens=8, max_tokens=8, seed=concurrency + 11)
-        before = snapshot(stats_client, pids)
-        seconds = await bench_all.closed_loop(texts, concurrency, send)
-        after = snapshot(stats_client, pids)
-        prefixed = ["search_query: " + t for t in texts]
-        in_s, in_cpu, _ = bench_triton.in_process(model, prepared, prefixed, concurrency)
-        rounds.append(
-            Round(
-                concurrency,
-                count,
-                seconds,
-                {k: after.cpu[k] - before.cpu[k] for k in after.cpu},
-                {
-                    m: {k: after.stats[m][k] - before.stats[m].get(k, 0.0) for k in after.stats[m]}
-                    for m in after.stats
-                },
-                in_s,
-                in_cpu,
+    def sender(label: str) -> Any:
+        async def send(texts: list[str]) -> int:
+            result = await clients[label].embed(
+                texts, prompt="query", context=bench_all.CONTEXT_SET
             )
+            return len(result.embeddings)
+
+        return send
+
+    for v in variants:
+        await bench_all.closed_loop(
+            corpus.queries(64, min_tokens=8, max_tokens=8, seed=5), 8, sender(v.label)
         )
-        print(f"c={concurrency}: {count / seconds:.1f} texts/s", flush=True)
-    await client.close()
+    best: dict[tuple[str, int], Round] = {}
+    for concurrency, count in plan.items():
+        in_process = (float("inf"), 0.0)
+        for repeat in range(repeats):
+            seed = 100 * concurrency + repeat
+            texts = corpus.queries(count, min_tokens=8, max_tokens=8, seed=seed)
+            order = list(variants) if repeat % 2 == 0 else list(variants)[::-1]
+            for v in order:
+                before = snapshot(stats_client, v.pids)
+                seconds = await bench_all.closed_loop(texts, concurrency, sender(v.label))
+                after = snapshot(stats_client, v.pids)
+                result = Round(
+                    v.label,
+                    concurrency,
+                    count,
+                    seconds,
+                    {k: after.cpu[k] - before.cpu[k] for k in after.cpu},
+                    {
+                        m: {k: after.stats[m][k] - before.stats[m].get(k, 0.0)
+                            for k in after.stats[m]}
+                        for m in after.stats
+                    },
+                )  # fmt: skip
+                key = (v.label, concurrency)
+                if key not in best or seconds < best[key].seconds:
+                    best[key] = result
+                print(f"{v.label} c={concurrency}: {count / seconds:.1f} texts/s", flush=True)
+            prefixed = ["search_query: " + t for t in texts]
+            in_s, in_cpu, _ = bench_triton.in_process(model, prepared, prefixed, concurrency)
+            in_process = min(in_process, (in_s, in_cpu))
+        for v in variants:
+            (
+                best[(v.label, concurrency)].in_process_s,
+                best[(v.label, concurrency)].in_process_cpu,
+            ) = in_process
+    for client in clients.values():
+        await client.close()
     stats_client.close()
-    return rounds
+    return [best[(v.label, c)] for v in variants for c in plan]
 
 
 async def profile_round(address: str, pids: dict[str, int], directory: Path) -> None:
@@ -176,14 +210,14 @@ async def profile_round(address: str, pids: dict[str, int], directory: Path) -> 
         await bench_all.closed_loop(
             corpus.queries(128, min_tokens=8, max_tokens=8, seed=seed), 32, send
         )
-    for spy in spies:
-        spy.wait(30)
+    for process in spies:
+        process.wait(30)
     await client.close()
 
 
 def table(rounds: Sequence[Round]) -> list[str]:
     labels = sorted({label for r in rounds for label in r.cpu}, key=_order)
-    header = "| | " + " | ".join(f"c={r.concurrency}" for r in rounds) + " |"
+    header = "| | " + " | ".join(f"{r.variant} c={r.concurrency}" for r in rounds) + " |"
     lines = [header, "|---|" + "---:|" * len(rounds)]
 
     def row(name: str, values: Sequence[str]) -> None:
@@ -228,28 +262,43 @@ def _order(label: str) -> tuple[int, str]:
     return (first.index(label), label) if label in first else (len(first), label)
 
 
-def run(plan: dict[int, int], profile: Path | None, settings: dict[str, str]) -> list[Round]:
+def run(
+    plan: dict[int, int], profile: Path | None, variants: dict[str, dict[str, str]], repeats: int
+) -> list[Round]:
     from cde_model import load_model
     from cde_server.triton.launcher import TritonProcess
 
-    os.environ.update(settings)
     model = load_model("demo", dtype="float32", device="cpu")
+    gateways: list[subprocess.Popen[str]] = []
     with (
         tempfile.TemporaryDirectory(prefix="cde-breakdown-") as scratch,
         TritonProcess(bench_triton.triton_settings(Path("demo"), "float32")) as triton,
     ):
-        gateway, address = bench_gateway.start_gateway(
-            triton.grpc_url, Path(scratch) / "store.db", "direct"
-        )
         try:
-            assert triton.pid is not None and gateway.pid is not None
-            pids = processes(triton.pid, gateway.pid)
-            rounds = asyncio.run(measure(address, triton.grpc_url, pids, plan, model))
+            assert triton.pid is not None
+            started = []
+            for label, settings in variants.items():
+                saved = dict(os.environ)
+                os.environ.update(settings)
+                try:
+                    gateway, address = bench_gateway.start_gateway(
+                        triton.grpc_url, Path(scratch) / f"{len(gateways)}.db", "direct"
+                    )
+                finally:
+                    os.environ.clear()
+                    os.environ.update(saved)
+                gateways.append(gateway)
+                started.append(Variant(label, address, processes(triton.pid, gateway.pid)))
+            rounds = asyncio.run(measure(started, triton.grpc_url, plan, model, repeats))
             if profile is not None:
-                asyncio.run(profile_round(address, pids, profile))
+                for variant in started:
+                    asyncio.run(
+                        profile_round(variant.address, variant.pids, profile / variant.label)
+                    )
         finally:
-            gateway.terminate()
-            gateway.wait(60)
+            for gateway in gateways:
+                gateway.terminate()
+                gateway.wait(60)
     return rounds
 
 
@@ -257,14 +306,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", default="1:96,32:384", help="c:texts,...")
     parser.add_argument("--profile", type=Path, help="write py-spy flame graphs here")
-    parser.add_argument("--set", action="append", default=[], help="VAR=value for the stack")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="LABEL or LABEL:VAR=value,VAR=value: one gateway with these settings (repeatable; "
+        "default: one gateway as configured)",
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="runs per cell (best kept)")
     parser.add_argument("--label", default="", help="what this run measures (for the section)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     plan = {int(c): int(n) for c, n in (part.split(":") for part in args.texts.split(","))}
-    settings = dict(item.split("=", 1) for item in args.set)
+    variants: dict[str, dict[str, str]] = {}
+    for item in args.variant or ["gateway"]:
+        label, _, assignments = item.partition(":")
+        variants[label] = dict(a.split("=", 1) for a in assignments.split(",") if a)
     load = os.getloadavg()[0]
-    rounds = run(plan, args.profile, settings)
+    rounds = run(plan, args.profile, variants, args.repeats)
     lines = table(rounds)
     print("\n".join(lines))
     if not args.no_write:
