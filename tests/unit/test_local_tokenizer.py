@@ -4,6 +4,7 @@ of other calls when a request is huge."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import time
 from pathlib import Path
@@ -126,3 +127,65 @@ def test_a_huge_request_lets_small_calls_through(monkeypatch: pytest.MonkeyPatch
     assert finished_first, "the small calls waited for the huge one"
     assert small_done == 50
     assert worst < 1.0, f"a small call took {worst:.2f} s behind the huge one"
+
+
+def test_the_endpoint_fetches_once_and_again_for_another_model() -> None:
+    """TritonEndpoint asks cde_model_info for the tokenizer once, again only after the served
+    fingerprint changed; an answer without a tokenizer (older repository) means Triton-side."""
+    from cde_server.inference.deadlines import Deadline
+    from cde_server.inference.triton_endpoint import TritonEndpoint
+
+    description = describe_model("demo")
+    info = json.loads(
+        ModelInfoHandler.from_parameters(
+            {"model_path": "demo", "dtype": "float32", "device_kind": "cpu"}
+        ).info[0]
+    )
+    served = {"fingerprint": "a", "hand_out": True}
+    asked: list[bytes] = []
+
+    async def answer(request: bytes, deadline: Deadline) -> bytes:
+        asked.append(request)
+        if request == tp.TOKENIZER_REQUEST and served["hand_out"]:
+            return json.dumps(
+                {
+                    "fingerprint": served["fingerprint"],
+                    "max_tokens": description.info.max_tokens,
+                    tp.TOKENIZER_FIELD: description.tokenizer.to_json(),
+                }
+            ).encode()
+        return json.dumps({**info, "fingerprint": served["fingerprint"]}).encode()
+
+    async def scenario() -> None:
+        endpoint = TritonEndpoint("127.0.0.1:1")
+        endpoint._model_info_answer = answer  # type: ignore[method-assign]
+        deadline = Deadline.within(None, 5.0)
+        try:
+            first = await endpoint._local_tokenizer(deadline)
+            assert first is not None and first.fingerprint == "a"
+            assert await endpoint._local_tokenizer(deadline) is first
+            await endpoint.model_info()  # same model: kept
+            assert await endpoint._local_tokenizer(deadline) is first
+            served.update(fingerprint="b", hand_out=False)
+            await endpoint.model_info()  # another model, from an older repository
+            assert await endpoint._local_tokenizer(deadline) is None
+            assert asked.count(tp.TOKENIZER_REQUEST) == 2
+        finally:
+            await endpoint.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_unusable_tokenizer_means_triton_side(caplog: pytest.LogCaptureFixture) -> None:
+    from cde_server.inference.triton_endpoint import TritonEndpoint
+
+    async def scenario() -> None:
+        endpoint = TritonEndpoint("127.0.0.1:1")
+        try:
+            bad = json.dumps({"fingerprint": "f", "max_tokens": 8, tp.TOKENIZER_FIELD: "{}"})
+            assert endpoint._tokenizer_of(bad.encode()) is None
+        finally:
+            await endpoint.close()
+
+    asyncio.run(scenario())
+    assert "unusable tokenizer" in caplog.text
