@@ -28,7 +28,9 @@ V2_STORE = REPO_ROOT / "tests" / "data" / "store_v2.db"
 DIM = 8
 
 
-def oversampled(name: str, value: float = 1.0, *, rows: int = 64, distinct: int = 3) -> StoredContextSet:
+def oversampled(
+    name: str, value: float = 1.0, *, rows: int = 64, distinct: int = 3
+) -> StoredContextSet:
     """`rows` context positions cycling over `distinct` documents (and their embedding rows)."""
     base = np.arange(distinct * DIM, dtype=np.float32).reshape(distinct, DIM) + value
     order = [i % distinct for i in range(rows)]
@@ -82,7 +84,9 @@ def test_usage_counts_every_retained_revision_per_namespace(store_url: str) -> N
         await acme.create_context_set(oversampled("a", 2.0), replace=True)
         await acme.create_context_set(oversampled("b", 3.0), replace=False)
         await store.create_context_set(oversampled("bare", 4.0), replace=False)
-        expected = sum(compact_size(oversampled(n, v)) for n, v in (("a", 1.0), ("a", 2.0), ("b", 3.0)))
+        expected = sum(
+            compact_size(oversampled(n, v)) for n, v in (("a", 1.0), ("a", 2.0), ("b", 3.0))
+        )
         assert await store.usage("acme") == StoreUsage(2, expected)
         assert await store.usage("") == StoreUsage(1, compact_size(oversampled("bare", 4.0)))
         assert await store.usage("other") == StoreUsage(0, 0)
@@ -113,7 +117,9 @@ def test_context_set_quota_refuses_a_new_name_but_not_a_replace(store_url: str) 
         assert [s.name for s in await acme.list_context_sets(after=None, limit=5)] == ["a", "b"]
         replaced = await acme.create_context_set(make_set("a", 2.0), replace=True, quota=quota)
         assert replaced.revision == 2
-        await TenantStore(store, "beta").create_context_set(make_set("c"), replace=False, quota=quota)
+        await TenantStore(store, "beta").create_context_set(
+            make_set("c"), replace=False, quota=quota
+        )
         await acme.delete_context_set("b")
         await acme.create_context_set(make_set("c"), replace=False, quota=quota)
 
@@ -132,7 +138,10 @@ def test_byte_quota_counts_revisions_and_pruning_frees_them(store_url: str) -> N
             await acme.create_context_set(oversampled("b", 4.0), replace=False, quota=quota)
         error = refused.value
         assert (error.quota, error.usage, error.needed, error.limit) == (
-            "stored_bytes", 3 * size, size, 3 * size
+            "stored_bytes",
+            3 * size,
+            size,
+            3 * size,
         )
         assert f"use {3 * size} bytes and the new revision needs {size} more" in error.message
         assert 'delete context sets or old revisions ("name@N")' in error.message
@@ -207,7 +216,8 @@ def test_concurrent_tries_of_one_keyed_create_make_one_revision(store_url: str) 
 
 
 def _v2_revisions(path: Path) -> dict[tuple[str, int], tuple[bytes, list[str], str]]:
-    """(name, revision) → (embeddings blob, documents, context id) as the version-2 file has them."""
+    """(name, revision) → (embeddings blob, documents, context id) as the version-2 file
+    holds them."""
     with sqlite3.connect(path) as connection:
         assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
         rows = connection.execute(

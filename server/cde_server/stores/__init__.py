@@ -55,7 +55,8 @@ async def open_store(url: str) -> Store:
 
     SQLite opens (and creates, or migrates in place) the file at once. Redis connects
     lazily, so call `ping()` to check it; revisions written before schema version 3 are
-    compacted here when Redis answers (else at a later open). Unusable URLs or files raise `StoreUnavailableError`.
+    compacted here when Redis answers (else at a later open). Unusable URLs or files raise
+    `StoreUnavailableError`.
     """
     if url.startswith(_REDIS_SCHEMES):
         from cde_server.stores.redis import RedisStore

@@ -212,7 +212,11 @@ def check_quota(quota: StoreQuota | None, before: StoreUsage, after: StoreUsage)
         raise QuotaExceededError(
             "context_sets", usage=before.context_sets, needed=1, limit=sets_limit
         )
-    if bytes_limit and after.stored_bytes > bytes_limit and after.stored_bytes > before.stored_bytes:
+    if (
+        bytes_limit
+        and after.stored_bytes > bytes_limit
+        and after.stored_bytes > before.stored_bytes
+    ):
         raise QuotaExceededError(
             "stored_bytes",
             usage=before.stored_bytes,

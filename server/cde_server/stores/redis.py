@@ -21,10 +21,11 @@ lost): callers must treat its outcome as unknown; retrying is safe.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -54,6 +55,8 @@ from cde_server.stores.base import (
     missing_revision_error,
     namespace_of,
 )
+
+logger = logging.getLogger("cde_server.stores.redis")
 
 DEFAULT_PREFIX = "cde:"
 DEFAULT_SOCKET_TIMEOUT_S = 2.0
@@ -492,12 +495,19 @@ class RedisStore:
                     revision, meta, sample, blob, documents = await self._client.hmget(
                         key, ["revision", "meta", "sample", "embeddings", "documents"]
                     )
-                    if revision is None or sample is not None:
+                    if revision is None or blob is None or documents is None or sample:
                         continue
-                    summary = self._summary(_text(key), meta, revision)
-                    payload = records.compact_legacy(
-                        blob, documents, summary.context_size, summary.embedding_dim
-                    )
+                    try:
+                        summary = self._summary(_text(key), meta, revision)
+                        payload = records.compact_legacy(
+                            cast(bytes, blob),
+                            documents,
+                            summary.context_size,
+                            summary.embedding_dim,
+                        )
+                    except (InternalError, ValueError) as exc:  # left as is; reads report it
+                        logger.warning("not compacting corrupt %s: %s", _text(key), exc)
+                        continue
                     upgraded += int(
                         await self._compact_script(
                             keys=[key],
@@ -541,7 +551,9 @@ class RedisStore:
     ) -> StoredContextSet:
         """The active revision (or `revision`) with embeddings (and documents if asked)."""
         fields = ["meta", "revision", "embeddings", "sample"]
-        values = await self._read(name, revision, fields + (["documents"] if with_documents else []))
+        values = await self._read(
+            name, revision, fields + (["documents"] if with_documents else [])
+        )
         try:
             summary = records.decode_metadata(values[0], int(values[1]))
             rows, dim = summary.context_size, summary.embedding_dim
@@ -551,9 +563,7 @@ class RedisStore:
                 documents = records.decode_documents(documents_field) if with_documents else ()
             else:
                 stored = records.Compacted(values[2], documents_field, values[3])
-                embeddings, documents = stored.materialize(
-                    rows, dim, with_documents=with_documents
-                )
+                embeddings, documents = stored.materialize(rows, dim, with_documents=with_documents)
         except (ValueError, KeyError, TypeError) as exc:
             raise InternalError(f'stored context set "{name}" is corrupt: {exc}') from exc
         return records.assemble(summary, embeddings, documents)
