@@ -194,6 +194,7 @@ def test_an_oversampled_set_is_stored_compactly(
     assert embeddings is not None
     n, dim = embeddings.shape
     assert created.sampling == "oversampled" and full.context_size == n > len(DOCS)
+    assert full.documents is not None
     before = n * dim * 4 + len(json.dumps(list(full.documents), ensure_ascii=False).encode())
     stored = run(_usage(store_url))
     distinct_rows = len({row.tobytes() for row in embeddings})

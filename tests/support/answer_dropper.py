@@ -8,6 +8,7 @@ forwarding the frame: the work was done, the client sees UNAVAILABLE. Everything
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -87,8 +88,6 @@ class AnswerDropper:
 def _cut(*ends: socket.socket) -> None:
     """Close both ends at once (shutdown first: it wakes the thread reading the other way)."""
     for end in ends:
-        try:
+        with contextlib.suppress(OSError):
             end.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         end.close()
