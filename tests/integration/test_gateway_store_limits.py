@@ -18,6 +18,7 @@ from support.client_fixtures import run_async
 from support.gateway_fixtures import GatewayFactory, GatewayThread
 from support.store_records import run
 
+from integration import test_bad_input as bad_input
 from integration.conftest import http_url
 
 DOCS = ["the cat sat on the mat", "stock markets fell sharply", "a recipe for apple pie"]
@@ -26,12 +27,7 @@ DOCS = ["the cat sat on the mat", "stock markets fell sharply", "a recipe for ap
 def create(
     stub: pb_grpc.EmbeddingServiceStub, name: str, docs: list[str], **options: object
 ) -> pb.ContextSet:
-    messages = [
-        pb.CreateContextSetRequest(options=pb.ContextSetOptions(name=name, **options)),  # type: ignore[arg-type]
-        pb.CreateContextSetRequest(documents=pb.DocumentBatch(documents=docs)),
-    ]
-    response: pb.CreateContextSetResponse = stub.CreateContextSet(iter(messages))
-    return response.context_set
+    return bad_input.create(stub, name, docs, **options).context_set
 
 
 def sample_value(gateway: GatewayThread, metric: str, **labels: str) -> float:

@@ -417,6 +417,17 @@ class RedisStore:
     def _op_key(self) -> str:
         return f"{self._prefix}op:{uuid.uuid4().hex}"
 
+    def _set_write_keys(self, name: str) -> list[str]:
+        """KEYS of the scripts that write a whole set: active hash, names zset, inactive
+        zset, counters hash, a fresh op marker."""
+        return [
+            self._set_key(name),
+            self._names_key,
+            self._inactive_key(name),
+            self._counters_key,
+            self._op_key(),
+        ]
+
     # -- context sets ---------------------------------------------------------------------
 
     async def create_context_set(
@@ -434,13 +445,7 @@ class RedisStore:
         limits = quota or StoreQuota()
         async with self._guard():
             reply = await self._create_script(
-                keys=[
-                    self._set_key(name),
-                    self._names_key,
-                    self._inactive_key(name),
-                    self._counters_key,
-                    self._op_key(),
-                ],
+                keys=self._set_write_keys(name),
                 args=[
                     *self._key_prefixes,
                     name,
@@ -659,13 +664,7 @@ class RedisStore:
             if revision is None:
                 outcome = int(
                     await self._delete_set_script(
-                        keys=[
-                            self._set_key(name),
-                            self._names_key,
-                            self._inactive_key(name),
-                            self._counters_key,
-                            self._op_key(),
-                        ],
+                        keys=self._set_write_keys(name),
                         args=[name, OP_MARKER_TTL_S, self._revision_prefix(name)],
                     )
                 )
