@@ -313,8 +313,10 @@ class EmbeddingService:
         key = context_sets.validate_idempotency_key(options.idempotency_key)
         prompt = await self._prompts_of(call).resolve(options.prompt)
         earlier = await self._keyed_revision(store, name, key)
-        if earlier is None and not options.replace:
-            await self._refuse_existing(name, store)
+        if earlier is None:
+            if not options.replace:
+                await self._refuse_existing(name, store)
+            await self._refuse_new_set_over_quota(name, store)
         collector = context_sets.DocumentCollector(
             max_documents=self.settings.max_context_documents,
             max_document_bytes=self.settings.max_text_bytes,
@@ -383,6 +385,21 @@ class EmbeddingService:
             return None
         keyed = [r for r in history.revisions if r.idempotency_key == key]
         return keyed[-1] if keyed else None
+
+    async def _refuse_new_set_over_quota(self, name: str, store: TenantStore) -> None:
+        """Fail fast, before the documents are embedded, when the tenant already holds its
+        quota of sets and `name` would be a new one (the store still decides atomically)."""
+        limit = self._quota.max_context_sets
+        if not limit:
+            return
+        usage = await store.usage()
+        if usage.context_sets < limit:
+            return
+        with contextlib.suppress(NotFoundError):
+            await store.get_summary(name)
+            return  # a new revision of an existing set adds no set
+        self._metrics.quota_refusals.labels("context_sets").inc()
+        raise QuotaExceededError("context_sets", usage=usage.context_sets, needed=1, limit=limit)
 
     async def _observe_usage(self, tenant: str, store: TenantStore) -> None:
         """Refresh the tenant's usage gauges (best effort: the write already succeeded)."""
