@@ -96,8 +96,8 @@ async def measure(model: str, triton_url: str, args: argparse.Namespace) -> Foot
         finally:
             await gateway.stop(1.0)
         store = await open_store(f"sqlite://{path}")
-        try:
-            stored = (await store.usage("")).stored_bytes
+        try:  # -1: a server from before schema version 3 (--no-write runs only)
+            stored = (await store.usage("")).stored_bytes if hasattr(store, "usage") else -1
         finally:
             await store.close()
     return Footprint(model, n, dim, args.sets, sent, stored, legacy, growth, seconds)
