@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import redis
 from cde_server.domain.tenancy import TenantStore
-from cde_server.errors import FailedPreconditionError
+from cde_server.errors import FailedPreconditionError, StoreUnavailableError
 from cde_server.stores import Store, StoredContextSet, open_store
 from cde_server.stores.base import QuotaExceededError, StoreQuota, StoreUsage
 from cde_server.stores.records import encode_metadata
@@ -250,6 +250,20 @@ def test_sqlite_store_of_schema_version_2_upgrades_in_place(tmp_path: Path) -> N
     run(with_store(f"sqlite://{path}", body))
     with sqlite3.connect(path) as connection:
         assert connection.execute("PRAGMA user_version").fetchone()[0] == 3
+
+
+def test_a_failed_upgrade_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    shutil.copy(V2_STORE, path)
+    with sqlite3.connect(path) as connection:  # one revision's blob loses a byte
+        connection.execute(
+            "UPDATE context_set_revisions SET embeddings = substr(embeddings, 2) "
+            "WHERE name = 'over' AND revision = 4"
+        )
+    before = _v2_revisions(path)
+    with pytest.raises(StoreUnavailableError, match='"over" revision 4 is corrupt'):
+        run(with_store(f"sqlite://{path}", lambda s: s.ping()))
+    assert _v2_revisions(path) == before  # still version 2, every row unchanged
 
 
 def test_redis_revisions_of_the_layout_before_version_3_are_compacted_in_place(

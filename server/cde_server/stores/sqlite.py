@@ -161,7 +161,13 @@ def _copy_legacy_revisions(db: sqlite3.Connection) -> None:
     )
     for row in rows:
         metadata, (blob, documents) = tuple(row[:10]), row[10:]
-        payload = records.compact_legacy(blob, documents, int(row[8]), int(row[9]))
+        try:
+            payload = records.compact_legacy(blob, documents, int(row[8]), int(row[9]))
+        except ValueError as exc:  # the caller rolls back: the file stays as it was
+            raise StoreUnavailableError(
+                f'cannot upgrade the SQLite store: context set "{row[0]}" revision {row[1]} '
+                f"is corrupt ({exc}); the file was left unchanged"
+            ) from exc
         _insert_revision(db, (*metadata, "", ""), payload)
     db.execute("DROP TABLE legacy_revisions")
 
