@@ -160,6 +160,31 @@ def test_byte_quota_counts_revisions_and_pruning_frees_them(store_url: str) -> N
     run(with_store(store_url, body))
 
 
+def test_concurrent_creates_never_pass_the_set_quota(store_url: str) -> None:
+    quota = StoreQuota(max_context_sets=3)
+
+    async def body() -> None:
+        stores = [await open_store(store_url) for _ in range(4)]
+        try:
+            outcomes = await asyncio.gather(
+                *(
+                    TenantStore(s, "acme").create_context_set(
+                        make_set(f"s{i}"), replace=False, quota=quota
+                    )
+                    for i, s in enumerate(stores * 2)
+                ),
+                return_exceptions=True,
+            )
+            refused = [o for o in outcomes if isinstance(o, QuotaExceededError)]
+            assert len(refused) == 5 and len(outcomes) - len(refused) == 3, outcomes
+            assert (await stores[0].usage("acme")).context_sets == 3
+        finally:
+            for s in stores:
+                await s.close()
+
+    run(body())
+
+
 # -- idempotent creates ---------------------------------------------------------------------
 
 
