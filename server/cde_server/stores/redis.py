@@ -1,16 +1,21 @@
 """Redis store: context sets shared by several gateways.
 
 Key layout (`prefix` defaults to "cde:"; a tenant's names are "tenant/name", see tenancy):
-- `{prefix}context_set:{name}`: hash of the set's ACTIVE revision, with `meta` (JSON),
-  `revision`, `embeddings` (float32 little-endian bytes) and `documents` (JSON array).
+- `{prefix}context_set:{name}`: hash of the set's ACTIVE revision, with `meta` (JSON, also
+  the idempotency key and request fingerprint of the create that made it), `revision`, and
+  the compact payload (`records.Compacted`): `embeddings` (distinct float32 little-endian
+  rows), `documents` (JSON array of the distinct documents) and `sample` (uint32 indices).
 - `{prefix}context_revision:{name}@{N}`: hash of the same fields for an inactive retained
   revision N; `{prefix}context_revisions:{name}`: sorted set of those numbers (score N).
 - `{prefix}context_revision_counters`: hash name → highest revision number ever given
   (kept after a delete, so numbers are never reused; absent: the active `revision`).
 - `{prefix}context_sets`: sorted set of names (all score 0) for lexicographic paging.
 - `{prefix}prompts`: hash of custom prompt name → text.
-The layout before revisions (one hash per name) is this layout with no inactive revision,
-so existing databases need no migration. Activation swaps hashes with RENAME (no copy).
+Older layouts are this one without `sample` (N rows, N documents; before revisions also
+without inactive revisions): they stay readable, and `upgrade_layout` (run by `open_store`)
+rewrites them in compact form in place. Activation swaps hashes with RENAME (no copy).
+A tenant's usage (for its quota) is summed by the create script itself from HSTRLEN of the
+payload fields of every retained revision of its names, so it needs no counter to keep.
 Create, activate, prune and delete run as Lua scripts, so they are atomic for every reader
 and writer; a read of one set by name is a single HMGET, and by name@N one read-only script
 call, so it never sees half a replace.
