@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Generic, TypeVar
 
@@ -21,20 +22,25 @@ class Replayable(Generic[T]):
         self._read: list[T] = []
         self._iterator: Iterator[T] | None = None
         self._async_iterator: AsyncIterator[T] | None = None
+        # grpc's blocking channel reads requests on its own thread; a try that failed may
+        # still be inside the caller's iterable when the retry starts reading
+        self._lock = threading.Lock()
 
     def __iter__(self) -> Iterator[T]:
         if not isinstance(self._items, Iterable):
             raise TypeError("the sync client needs a plain iterable, not an async one")
         index = 0
         while True:
-            if index == len(self._read):
-                if self._iterator is None:
-                    self._iterator = iter(self._items)
-                try:
-                    self._read.append(next(self._iterator))
-                except StopIteration:
-                    return
-            yield self._read[index]
+            with self._lock:
+                if index == len(self._read):
+                    if self._iterator is None:
+                        self._iterator = iter(self._items)
+                    try:
+                        self._read.append(next(self._iterator))
+                    except StopIteration:
+                        return
+                item = self._read[index]
+            yield item
             index += 1
 
     async def __aiter__(self) -> AsyncIterator[T]:
