@@ -56,6 +56,8 @@ SERVER_STATE_ROWS = {  # covered by tests that build that state (test_overload, 
     "Context set replaced while a request needed its embeddings",
     "Caller's deadline passed while waiting for the model",
     "Unexpected server or model failure",
+    "Triton's queue of a model is full (its max_queue_size) on every endpoint (retry-after "
+    "trailer)",  # test_overload.py
     # test_gateway_store_limits.py
     "CreateContextSet: an idempotency key the set's retained revisions carry, with other "
     "options or documents",
