@@ -162,7 +162,7 @@ def start_gateway(triton_url: str, store: Path, path: str) -> tuple[subprocess.P
         CDE_TRITON_URL=triton_url,
         CDE_PORT=str(port),
         CDE_METRICS_PORT=str(metrics_port),
-        CDE_HTTP_PORT="0",  # a free one: 8080 may be taken by another gateway on the host
+        CDE_HTTP_PORT="off",  # gRPC only (8080 may be taken)
         CDE_STORE=f"sqlite://{store}",
         CDE_EMBED_PATH=path,
         CDE_LOG_LEVEL="WARNING",

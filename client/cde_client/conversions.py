@@ -87,10 +87,18 @@ def embed_request(
 
 
 def context_set_options(
-    name: str, *, replace: bool, prompt: str | None, seed: int | None, activate: bool = True
+    name: str,
+    *,
+    replace: bool,
+    prompt: str | None,
+    seed: int | None,
+    activate: bool = True,
+    idempotency_key: str = "",
 ) -> pb.CreateContextSetRequest:
     """The first message of a CreateContextSet stream."""
-    options = pb.ContextSetOptions(name=name, replace=replace, prompt=prompt or "")
+    options = pb.ContextSetOptions(
+        name=name, replace=replace, prompt=prompt or "", idempotency_key=idempotency_key
+    )
     if seed is not None:
         options.seed = seed
     if not activate:
@@ -233,6 +241,7 @@ def model_info(response: pb.GetModelInfoResponse) -> ModelInfo:
             max_message_bytes=int(limits.max_message_bytes),
             max_context_documents=int(limits.max_context_documents),
             max_concurrent_streams=int(limits.max_concurrent_streams),
+            max_context_bytes=int(limits.max_context_bytes),
         ),
         family=response.family,
     )

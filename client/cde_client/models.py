@@ -92,6 +92,7 @@ class Limits:
     max_message_bytes: int
     max_context_documents: int
     max_concurrent_streams: int
+    max_context_bytes: int = 0  # source bytes of one context set
 
 
 @dataclass(frozen=True)

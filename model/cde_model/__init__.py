@@ -1,6 +1,6 @@
 """cde-small-v1 and cde-small-v2 contextual document embeddings in torch, plus an offline demo.
 
-`from cde_model import load_model, EmbeddingModel, PreparedContext, ModelInfo`. Those names are
+`from cde_model import load_model, EmbeddingModel, PreparedContext, ModelSpec`. Those names are
 imported lazily, so `cde_model.context`, `cde_model.prompts` and `cde_model.demo_corpus` stay
 importable without torch.
 """
@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cde_model.description import ModelDescription, describe_model
-    from cde_model.interface import EmbeddingModel, ModelInfo, PreparedContext
+    from cde_model.interface import EmbeddingModel, ModelSpec, PreparedContext
     from cde_model.loader import load_model
 
 __all__ = [
     "EmbeddingModel",
     "ModelDescription",
-    "ModelInfo",
+    "ModelSpec",
     "PreparedContext",
     "describe_model",
     "load_model",
@@ -26,7 +26,7 @@ __all__ = [
 
 _LAZY = {
     "EmbeddingModel": "cde_model.interface",
-    "ModelInfo": "cde_model.description",
+    "ModelSpec": "cde_model.description",
     "ModelDescription": "cde_model.description",
     "describe_model": "cde_model.description",
     "PreparedContext": "cde_model.interface",

@@ -11,7 +11,6 @@ Exact shortcuts (see docs/cde-small-v1.md for the published computation):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,27 +19,21 @@ import torch
 import torch.nn.functional as F
 
 from cde_model.backbone import Rotary, finish_layer, masked_mean, split_heads
-from cde_model.batching import TokenBatch
 from cde_model.checkpoint import (
     CDEWeights,
     build_weights,
-    checkpoint_paths,
-    read_tensors,
     soft_prompt_rows,
 )
 from cde_model.config import CDEConfig
 from cde_model.description import describe_checkpoint
 from cde_model.interface import (
-    EmbeddingModel,
-    ModelInfo,
     PreparedContext,
     TokenArray,
     context_rows,
     own_context,
     tensor_nbytes,
 )
-from cde_model.runtime import default_token_budget, resolve_device, resolve_dtype
-from cde_model.tokenizer import TextTokenizer
+from cde_model.loading import CheckpointFormat, CheckpointModel, LoadedCheckpoint
 
 
 @dataclass(frozen=True)
@@ -56,26 +49,26 @@ class CDEContext(PreparedContext):
         return tensor_nbytes(self.layer0_input, self.layer0_qkv)
 
 
-class CDEModel(EmbeddingModel):
+class CDEModel(CheckpointModel):
     """A cde-small-v1 checkpoint on one device and dtype."""
 
-    def __init__(
-        self,
-        weights: CDEWeights,
-        config: CDEConfig,
-        tokenizer: TextTokenizer,
-        info: ModelInfo,
-        token_budget: int,
-    ) -> None:
+    checkpoint_format = CheckpointFormat(
+        read_config=CDEConfig.from_file,
+        describe=describe_checkpoint,
+        build_weights=build_weights,
+        vocab_rows=lambda weights: int(weights.first_stage.word_embeddings.shape[0]),
+    )
+
+    def __init__(self, loaded: LoadedCheckpoint[CDEConfig, CDEWeights]) -> None:
+        weights, config = loaded.weights, loaded.config
         self._weights = weights
         self._config = config
-        self.tokenizer = tokenizer
-        self.info = info
-        self._token_budget = token_budget
-        second = weights.second_stage
-        self._device = second.word_embeddings.device
-        self._dtype = second.word_embeddings.dtype
-        hidden = second.hidden_size
+        self.tokenizer = loaded.description.tokenizer
+        self.info = loaded.description.info
+        self._token_budget = loaded.token_budget
+        self._vocab_rows = loaded.vocab_rows
+        self._device, self._dtype = loaded.device, loaded.dtype
+        hidden = weights.second_stage.hidden_size
         self._head_dim = hidden // config.num_heads
         self._rotary = Rotary.for_heads(
             config.num_heads, self._head_dim, config.rotary_base, self._device, self._dtype
@@ -84,45 +77,7 @@ class CDEModel(EmbeddingModel):
             weights.prompt_projection, hidden, self._device, self._dtype
         )
 
-    @classmethod
-    def load(
-        cls,
-        directory: Path,
-        *,
-        dtype: str = "float32",
-        device: str | None = None,
-        token_budget: int | None = None,
-    ) -> CDEModel:
-        """Load a checkpoint directory in the published layout."""
-        config_path, weights_path = checkpoint_paths(directory)
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
-        config = CDEConfig.from_file(config_path)
-        description = describe_checkpoint(directory, config, dtype, str(torch_device))
-        tokenizer = description.tokenizer
-        weights = build_weights(
-            config, read_tensors(weights_path), torch_device, torch_dtype, str(weights_path)
-        )
-        vocab_rows = weights.first_stage.word_embeddings.shape[0]
-        if tokenizer.vocab_size > vocab_rows:
-            raise ValueError(
-                f"the tokenizer of {directory} has {tokenizer.vocab_size} entries but the "
-                f"word embeddings only {vocab_rows} rows"
-            )
-        budget = token_budget or default_token_budget(torch_device)
-        return cls(weights, config, tokenizer, description.info, budget)
-
     # ----------------------------------------------------------------------------- stage 1
-
-    @torch.inference_mode()
-    def first_stage(self, input_ids: TokenArray, attention_mask: TokenArray) -> torch.Tensor:
-        batch = self._validated(input_ids, attention_mask)
-        return batch.embed_packs(
-            self._first_stage_pack,
-            width=self.info.hidden_size,
-            token_budget=self._token_budget,
-            device=self._device,
-        )
 
     def _first_stage_pack(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         backbone = self._weights.first_stage
@@ -224,11 +179,3 @@ class CDEModel(EmbeddingModel):
         batch, rows, _ = projection.shape
         heads = projection.view(batch, rows, parts, self._config.num_heads, self._head_dim)
         self._rotary.apply_(heads[:, first_row:, :rotated_parts])
-
-    def _validated(self, input_ids: TokenArray, attention_mask: TokenArray) -> TokenBatch:
-        return TokenBatch.from_inputs(
-            input_ids,
-            attention_mask,
-            vocab_size=int(self._weights.first_stage.word_embeddings.shape[0]),
-            max_tokens=self.info.max_tokens,
-        )

@@ -11,7 +11,6 @@ What the published implementation computes (docs: cde-small-v2.md), reproduced a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,22 +20,19 @@ import torch.nn.functional as F
 from transformers import ModernBertConfig
 
 from cde_model.backbone import masked_mean
-from cde_model.batching import TokenBatch
-from cde_model.checkpoint import checkpoint_paths, read_tensors, soft_prompt_rows
+from cde_model.checkpoint import soft_prompt_rows
 from cde_model.checkpoint_v2 import CDEV2Weights, build_v2_weights
 from cde_model.config_v2 import CDEV2Config
 from cde_model.description import describe_v2_checkpoint
 from cde_model.interface import (
-    EmbeddingModel,
-    ModelInfo,
     PreparedContext,
     TokenArray,
+    context_rows,
     own_context,
     tensor_nbytes,
 )
+from cde_model.loading import CheckpointFormat, CheckpointModel, LoadedCheckpoint
 from cde_model.modernbert import attention_masks, build_backbone, modernbert_config
-from cde_model.runtime import default_token_budget, resolve_device, resolve_dtype
-from cde_model.tokenizer import TextTokenizer
 from cde_model.tokenizer_v2 import instruction_end_id
 
 
@@ -50,23 +46,6 @@ class CDEV2Context(PreparedContext):
     @property
     def nbytes(self) -> int:
         return tensor_nbytes(self.fixed_rows)
-
-
-def v2_context_rows(
-    dataset_embeddings: torch.Tensor | npt.NDArray[np.floating[Any]], info: ModelInfo
-) -> torch.Tensor:
-    """The first N dataset embeddings; fewer (at least one) are used as given, as published."""
-    rows = torch.as_tensor(dataset_embeddings)
-    if rows.dim() != 2 or rows.shape[1] != info.hidden_size:
-        raise ValueError(
-            f"dataset embeddings must be [rows, {info.hidden_size}], got {list(rows.shape)}"
-        )
-    if rows.shape[0] < 1:
-        raise ValueError("the model needs at least one dataset embedding")
-    rows = rows[: info.corpus_size]
-    if not bool(torch.isfinite(rows).all()):
-        raise ValueError("dataset embeddings contain NaN or infinite values")
-    return rows
 
 
 def instruction_pool_mask(ids: torch.Tensor, mask: torch.Tensor, end_id: int) -> torch.Tensor:
@@ -83,21 +62,21 @@ def instruction_pool_mask(ids: torch.Tensor, mask: torch.Tensor, end_id: int) ->
     return mask & ~instruction
 
 
-class CDEV2Model(EmbeddingModel):
+class CDEV2Model(CheckpointModel):
     """A cde-small-v2 checkpoint on one device and dtype."""
 
     backbone_config: ModernBertConfig
 
-    def __init__(
-        self,
-        weights: CDEV2Weights,
-        config: CDEV2Config,
-        tokenizer: TextTokenizer,
-        info: ModelInfo,
-        token_budget: int,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> None:
+    checkpoint_format = CheckpointFormat(
+        read_config=CDEV2Config.from_file,
+        describe=describe_v2_checkpoint,
+        build_weights=build_v2_weights,
+        vocab_rows=lambda weights: weights.sizes.vocab,
+    )
+
+    def __init__(self, loaded: LoadedCheckpoint[CDEV2Config, CDEV2Weights]) -> None:
+        weights, config, device, dtype = loaded.weights, loaded.config, loaded.device, loaded.dtype
+        tokenizer = loaded.description.tokenizer
         backbone_config = modernbert_config(config.backbone, weights.sizes)
         self.backbone_config = backbone_config  # both stages' ModernBertConfig
         self._first = build_backbone(backbone_config, weights.first_stage, device)
@@ -106,55 +85,18 @@ class CDEV2Model(EmbeddingModel):
         self._output_projection = weights.output_projection
         self._half_window = int(backbone_config.local_attention) // 2
         self._config = config
-        self._vocab_rows = weights.sizes.vocab
+        self._vocab_rows = loaded.vocab_rows
         self._device, self._dtype = device, dtype
         self._end_id = (
             instruction_end_id(tokenizer) if config.pool_ignore_instruction_tokens else None
         )
         self.tokenizer = tokenizer
-        self.info = info
-        self._token_budget = token_budget
+        self.info = loaded.description.info
+        self._token_budget = loaded.token_budget
         hidden = weights.sizes.hidden
         self._prompt_rows = soft_prompt_rows(weights.prompt_projection, hidden, device, dtype)
 
-    @classmethod
-    def load(
-        cls,
-        directory: Path,
-        *,
-        dtype: str = "float32",
-        device: str | None = None,
-        token_budget: int | None = None,
-    ) -> CDEV2Model:
-        """Load a checkpoint directory in the published v2 layout."""
-        config_path, weights_path = checkpoint_paths(directory)
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
-        config = CDEV2Config.from_file(config_path)
-        description = describe_v2_checkpoint(directory, config, dtype, str(torch_device))
-        tokenizer = description.tokenizer
-        weights = build_v2_weights(
-            config, read_tensors(weights_path), torch_device, torch_dtype, str(weights_path)
-        )
-        if tokenizer.vocab_size > weights.sizes.vocab:
-            raise ValueError(
-                f"the tokenizer of {directory} has {tokenizer.vocab_size} entries but the "
-                f"token embeddings only {weights.sizes.vocab} rows"
-            )
-        budget = token_budget or default_token_budget(torch_device)
-        return cls(weights, config, tokenizer, description.info, budget, torch_device, torch_dtype)
-
     # ----------------------------------------------------------------------------- stage 1
-
-    @torch.inference_mode()
-    def first_stage(self, input_ids: TokenArray, attention_mask: TokenArray) -> torch.Tensor:
-        batch = self._validated(input_ids, attention_mask)
-        return batch.embed_packs(
-            self._first_stage_pack,
-            width=self.info.hidden_size,
-            token_budget=self._token_budget,
-            device=self._device,
-        )
 
     def _first_stage_pack(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         masks = self._masks(None if bool(mask.all()) else mask, ids.shape[1])
@@ -168,7 +110,7 @@ class CDEV2Model(EmbeddingModel):
     def prepare_context(
         self, dataset_embeddings: torch.Tensor | npt.NDArray[np.floating[Any]]
     ) -> CDEV2Context:
-        rows = v2_context_rows(dataset_embeddings, self.info)
+        rows = context_rows(dataset_embeddings, self.info, fewer_allowed=True)
         rows = rows.to(device=self._device, dtype=self._dtype)
         return CDEV2Context(self.info.fingerprint, torch.cat((rows, self._prompt_rows)))
 
@@ -213,8 +155,3 @@ class CDEV2Model(EmbeddingModel):
 
     def _masks(self, valid: torch.Tensor | None, rows: int) -> dict[str, torch.Tensor | None]:
         return attention_masks(valid, rows, self._half_window, self._dtype, self._device)
-
-    def _validated(self, input_ids: TokenArray, attention_mask: TokenArray) -> TokenBatch:
-        return TokenBatch.from_inputs(
-            input_ids, attention_mask, vocab_size=self._vocab_rows, max_tokens=self.info.max_tokens
-        )

@@ -167,17 +167,23 @@ def _expected_shapes(
             for norm in ("norm1", "norm2"):
                 expected[f"{layer}.{norm}.weight"] = (hidden,)
                 expected[f"{layer}.{norm}.bias"] = (hidden,)
+    return {**expected, **head_shapes(hidden)}
+
+
+def head_shapes(hidden: int) -> dict[str, Shape]:
+    """Both families' three two-layer MLP heads (Linear, activation, Linear)."""
     heads = {
         "first_stage_model.mlp": hidden,  # output = hidden: the second stage consumes it
         "second_stage_model.prompt_projection": NUM_PROMPT_ROWS * hidden,
         "second_stage_model.output_projection": hidden,
     }
+    shapes: dict[str, Shape] = {}
     for prefix, out_size in heads.items():
-        expected[f"{prefix}.0.weight"] = (hidden, hidden)
-        expected[f"{prefix}.0.bias"] = (hidden,)
-        expected[f"{prefix}.2.weight"] = (out_size, hidden)
-        expected[f"{prefix}.2.bias"] = (out_size,)
-    return expected
+        shapes[f"{prefix}.0.weight"] = (hidden, hidden)
+        shapes[f"{prefix}.0.bias"] = (hidden,)
+        shapes[f"{prefix}.2.weight"] = (out_size, hidden)
+        shapes[f"{prefix}.2.bias"] = (out_size,)
+    return shapes
 
 
 def check_tensors(

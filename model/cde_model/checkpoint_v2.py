@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cde_model.checkpoint import NUM_PROMPT_ROWS, ProjectionMLP, Shape, check_tensors
+from cde_model.checkpoint import ProjectionMLP, Shape, check_tensors, head_shapes
 from cde_model.config_v2 import CDEV2Config
 from cde_model.description import FIRST_STAGE, SECOND_STAGE
 
@@ -62,22 +62,11 @@ def backbone_sizes(
 
 def expected_shapes(sizes: BackboneSizes) -> dict[str, Shape]:
     """Every tensor the model reads, with its shape."""
-    hidden = sizes.hidden
     expected: dict[str, Shape] = {}
     for prefix in (FIRST_STAGE, SECOND_STAGE):
         for name, shape in backbone_shapes(sizes).items():
             expected[f"{prefix}.{name}"] = shape
-    heads = {
-        "first_stage_model.mlp": hidden,
-        "second_stage_model.prompt_projection": NUM_PROMPT_ROWS * hidden,
-        "second_stage_model.output_projection": hidden,
-    }
-    for prefix, out_size in heads.items():
-        expected[f"{prefix}.0.weight"] = (hidden, hidden)
-        expected[f"{prefix}.0.bias"] = (hidden,)
-        expected[f"{prefix}.2.weight"] = (out_size, hidden)
-        expected[f"{prefix}.2.bias"] = (out_size,)
-    return expected
+    return {**expected, **head_shapes(sizes.hidden)}
 
 
 def backbone_shapes(sizes: BackboneSizes) -> dict[str, Shape]:

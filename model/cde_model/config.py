@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cde_model.family import read_config
 
 NOMIC_BERT_2048 = "nomic-ai/nomic-bert-2048"
 
@@ -57,13 +58,7 @@ class CDEConfig:
     @classmethod
     def from_file(cls, path: Path) -> CDEConfig:
         """Read and validate `config.json`."""
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path} must hold a JSON object")
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(read_config(path), source=str(path))
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config.json") -> CDEConfig:
@@ -102,20 +97,25 @@ class CDEConfig:
         )
 
 
-def _refuse_unsupported(raw: dict[str, Any], source: str) -> None:
+def refuse_other_architectures(raw: dict[str, Any], source: str) -> None:
+    """Both families: only the transductive architecture with one token per document."""
     architecture = raw.get("architecture", "transductive")
     if architecture != "transductive":
         raise ValueError(
             f"{source}: unsupported architecture {architecture!r} (only 'transductive')"
         )
-    if raw.get("autoregressive_backbone", False):
-        raise ValueError(f"{source}: autoregressive_backbone=true is not supported")
     tokens_per_document = raw.get("transductive_tokens_per_document", 1)
     if tokens_per_document != 1:
         raise ValueError(
             f"{source}: transductive_tokens_per_document={tokens_per_document!r} is not "
             "supported (only 1)"
         )
+
+
+def _refuse_unsupported(raw: dict[str, Any], source: str) -> None:
+    refuse_other_architectures(raw, source)
+    if raw.get("autoregressive_backbone", False):
+        raise ValueError(f"{source}: autoregressive_backbone=true is not supported")
     if not raw.get("disable_transductive_rotary_embedding", True):
         raise ValueError(f"{source}: disable_transductive_rotary_embedding=false is not supported")
     embedder = raw.get("embedder", NOMIC_BERT_2048)

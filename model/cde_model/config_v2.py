@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cde_model.config import positive_int
+from cde_model.config import positive_int, refuse_other_architectures
 from cde_model.family import read_config
 
 MODERNBERT_BASE = "answerdotai/ModernBERT-base"
@@ -124,17 +124,7 @@ class CDEV2Config:
 
 
 def _refuse_unsupported(raw: dict[str, Any], source: str) -> None:
-    architecture = raw.get("architecture", "transductive")
-    if architecture != "transductive":
-        raise ValueError(
-            f"{source}: unsupported architecture {architecture!r} (only 'transductive')"
-        )
-    tokens_per_document = raw.get("transductive_tokens_per_document", 1)
-    if tokens_per_document != 1:
-        raise ValueError(
-            f"{source}: transductive_tokens_per_document={tokens_per_document!r} is not "
-            "supported (only 1)"
-        )
+    refuse_other_architectures(raw, source)
     for key, allowed in _REFUSED_UNLESS.items():
         value = raw.get(key, allowed)
         if value != allowed:

@@ -25,7 +25,7 @@ from cde_model.checkpoint import read_tensors
 from cde_model.description import describe_demo
 from cde_model.interface import (
     EmbeddingModel,
-    ModelInfo,
+    ModelSpec,
     PreparedContext,
     TokenArray,
     context_rows,
@@ -52,7 +52,7 @@ class DemoModel(EmbeddingModel):
     """all-MiniLM-L6-v2 (transformers' BertModel) with corpus centering as the second stage."""
 
     def __init__(
-        self, bert: torch.nn.Module, tokenizer: TextTokenizer, info: ModelInfo, token_budget: int
+        self, bert: torch.nn.Module, tokenizer: TextTokenizer, info: ModelSpec, token_budget: int
     ) -> None:
         self._bert = bert
         self.tokenizer = tokenizer

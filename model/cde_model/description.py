@@ -28,7 +28,7 @@ SECOND_STAGE = "second_stage_model.backbone"
 
 
 @dataclass(frozen=True)
-class ModelInfo:
+class ModelSpec:
     """What a loaded model is and how it runs."""
 
     name: str
@@ -45,7 +45,7 @@ class ModelInfo:
 class ModelDescription:
     """A model's information and tokenizer (no weights)."""
 
-    info: ModelInfo
+    info: ModelSpec
     tokenizer: TextTokenizer
 
 
@@ -80,7 +80,7 @@ def describe_checkpoint(
     if len(shapes.get(second, ())) != 2:
         raise ValueError(f"{weights_path}: missing 2-D tensor {second}")
     tokenizer, tokenizer_file = TextTokenizer.from_dir(directory, config.max_tokens)
-    info = ModelInfo(
+    info = ModelSpec(
         name=directory.resolve().name,
         fingerprint=fingerprint([directory / "config.json", weights_path, tokenizer_file]),
         hidden_size=shapes[second][1],
@@ -102,7 +102,7 @@ def describe_v2_checkpoint(
     if len(shapes.get(words, ())) != 2:
         raise ValueError(f"{weights_path}: missing 2-D tensor {words}")
     tokenizer, tokenizer_file = load_v2_tokenizer(directory, config.max_tokens)
-    info = ModelInfo(
+    info = ModelSpec(
         name=directory.resolve().name,
         fingerprint=fingerprint([directory / "config.json", weights_path, tokenizer_file]),
         hidden_size=shapes[words][1],
@@ -124,7 +124,7 @@ def describe_demo(*, dtype: str = "float32", device: str = "cpu") -> ModelDescri
         [directory / "config.json", directory / "model.safetensors", tokenizer_file]
     )
     recipe = f"{DEMO_NAME}:N={DEMO_CORPUS_SIZE}:max_tokens={DEMO_MAX_TOKENS}:"
-    info = ModelInfo(
+    info = ModelSpec(
         name=DEMO_NAME,
         fingerprint=hashlib.sha256((recipe + weights).encode()).hexdigest(),
         hidden_size=int(config["hidden_size"]),

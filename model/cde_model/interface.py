@@ -9,10 +9,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from cde_model.description import ModelInfo
+from cde_model.description import ModelSpec
 from cde_model.tokenizer import TextTokenizer
 
-__all__ = ["EmbeddingModel", "ModelInfo", "PreparedContext"]
+__all__ = ["EmbeddingModel", "ModelSpec", "PreparedContext"]
 
 IntArray = npt.NDArray[np.int64]
 TokenArray = torch.Tensor | npt.NDArray[np.integer[Any]] | npt.NDArray[np.bool_]
@@ -33,7 +33,7 @@ class PreparedContext(ABC):
 class EmbeddingModel(ABC):
     """A contextual embedding model: stage 1 embeds context documents, stage 2 embeds texts."""
 
-    info: ModelInfo
+    info: ModelSpec
     tokenizer: TextTokenizer
 
     @abstractmethod
@@ -57,24 +57,32 @@ ContextType = TypeVar("ContextType", bound=PreparedContext)
 
 
 def context_rows(
-    dataset_embeddings: torch.Tensor | npt.NDArray[np.floating[Any]], info: ModelInfo
+    dataset_embeddings: torch.Tensor | npt.NDArray[np.floating[Any]],
+    info: ModelSpec,
+    *,
+    fewer_allowed: bool = False,
 ) -> torch.Tensor:
-    """The first N (`info.corpus_size`) dataset embeddings; wrong width or too few rows raise."""
+    """The first N (`info.corpus_size`) dataset embeddings; a wrong width, NaN or infinite
+    values raise, and so do fewer than N rows unless `fewer_allowed` (v2 uses what it gets,
+    as published; at least one row)."""
     rows = torch.as_tensor(dataset_embeddings)
     if rows.dim() != 2 or rows.shape[1] != info.hidden_size:
         raise ValueError(
             f"dataset embeddings must be [rows, {info.hidden_size}], got {list(rows.shape)}"
         )
-    if rows.shape[0] < info.corpus_size:
+    if rows.shape[0] < 1:
+        raise ValueError("the model needs at least one dataset embedding")
+    if rows.shape[0] < info.corpus_size and not fewer_allowed:
         raise ValueError(
             f"the model needs {info.corpus_size} dataset embeddings, got {rows.shape[0]}"
         )
-    if not bool(torch.isfinite(rows[: info.corpus_size]).all()):
+    rows = rows[: info.corpus_size]
+    if not bool(torch.isfinite(rows).all()):
         raise ValueError("dataset embeddings contain NaN or infinite values")
-    return rows[: info.corpus_size]
+    return rows
 
 
-def own_context(context: PreparedContext, kind: type[ContextType], info: ModelInfo) -> ContextType:
+def own_context(context: PreparedContext, kind: type[ContextType], info: ModelSpec) -> ContextType:
     """`context` if this model (same fingerprint) prepared it, else TypeError/ValueError."""
     if not isinstance(context, kind):
         raise TypeError(f"expected a {kind.__name__}, got {type(context).__name__}")

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from cde_model.checkpoint import NUM_PROMPT_ROWS
+from cde_model.checkpoint import head_shapes
 from cde_model.config import NOMIC_BERT_2048
 from cde_model.description import FIRST_STAGE, SECOND_STAGE
 from cde_model.tokenizer import bundled_vocabulary_dir
@@ -126,14 +126,6 @@ def _random_tensors(
     def norm_pair(name: str) -> dict[str, torch.Tensor]:
         return {f"{name}.weight": 1.0 + normal(hidden), f"{name}.bias": normal(hidden)}
 
-    def projection(name: str, out_size: int) -> dict[str, torch.Tensor]:
-        return {
-            f"{name}.0.weight": normal(hidden, hidden),
-            f"{name}.0.bias": normal(hidden),
-            f"{name}.2.weight": normal(out_size, hidden),
-            f"{name}.2.bias": normal(out_size),
-        }
-
     tensors: dict[str, torch.Tensor] = {}
     for prefix in (FIRST_STAGE, SECOND_STAGE):
         tensors[f"{prefix}.embeddings.word_embeddings.weight"] = normal(shape.vocab, hidden)
@@ -148,7 +140,6 @@ def _random_tensors(
             tensors[f"{layer}.mlp.fc2.weight"] = normal(hidden, inner)
             tensors.update(norm_pair(f"{layer}.norm1"))
             tensors.update(norm_pair(f"{layer}.norm2"))
-    tensors.update(projection("first_stage_model.mlp", hidden))
-    tensors.update(projection("second_stage_model.prompt_projection", NUM_PROMPT_ROWS * hidden))
-    tensors.update(projection("second_stage_model.output_projection", hidden))
+    for name, head_shape in head_shapes(hidden).items():
+        tensors[name] = normal(*head_shape)
     return tensors

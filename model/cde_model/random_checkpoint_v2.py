@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from cde_model.checkpoint import NUM_PROMPT_ROWS
+from cde_model.checkpoint import head_shapes
 from cde_model.checkpoint_v2 import BackboneSizes, backbone_shapes
 from cde_model.config_v2 import MODERNBERT_BASE, MODERNBERT_BASE_SETTINGS
 from cde_model.context import default_context
@@ -166,21 +166,12 @@ def _random_tensors(
     def normal(*size: int) -> torch.Tensor:
         return torch.randn(*size, generator=generator) * std
 
-    def projection(name: str, out_size: int) -> dict[str, torch.Tensor]:
-        return {
-            f"{name}.0.weight": normal(hidden, hidden),
-            f"{name}.0.bias": normal(hidden),
-            f"{name}.2.weight": normal(out_size, hidden),
-            f"{name}.2.bias": normal(out_size),
-        }
-
     tensors: dict[str, torch.Tensor] = {}
     for prefix in (FIRST_STAGE, SECOND_STAGE):
         for name, tensor_shape in backbone_shapes(sizes).items():
             is_norm = len(tensor_shape) == 1  # every 1-D backbone tensor is a LayerNorm weight
             tensor = normal(*tensor_shape)
             tensors[f"{prefix}.{name}"] = tensor.add_(1.0) if is_norm else tensor
-    tensors.update(projection("first_stage_model.mlp", hidden))
-    tensors.update(projection("second_stage_model.prompt_projection", NUM_PROMPT_ROWS * hidden))
-    tensors.update(projection("second_stage_model.output_projection", hidden))
+    for name, head_shape in head_shapes(hidden).items():
+        tensors[name] = normal(*head_shape)
     return tensors

@@ -66,6 +66,10 @@ class ResourceExhaustedError(ServiceError):
         self.retry_after = retry_after
 
 
+class InferenceBusyError(ResourceExhaustedError):
+    """Triton refused the request because the model's queue is full (its max_queue_size)."""
+
+
 class MessageTooLargeError(ResourceExhaustedError):
     """A request message or body is larger than the server accepts (HTTP: 413)."""
 

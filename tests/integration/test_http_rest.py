@@ -5,6 +5,7 @@ addresses `cde serve` prints."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 import shlex
@@ -106,7 +107,8 @@ def test_prompts_and_model_info(api: httpx.Client, client: CdeClient, unique: st
     grpc_info = client.model_info()
     assert info["model_name"] == grpc_info.model_name
     assert info["hidden_size"] == grpc_info.hidden_size
-    assert info["limits"]["max_texts_per_request"] == grpc_info.limits.max_texts_per_request
+    assert info["family"] == grpc_info.family
+    assert info["limits"] == dataclasses.asdict(grpc_info.limits)
 
 
 def test_probes_openapi_docs_and_request_ids(api: httpx.Client) -> None:

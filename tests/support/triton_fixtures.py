@@ -5,7 +5,9 @@ Registered in tests/conftest.py (`pytest_plugins`). Fixtures:
 - `triton_grpc_url`: its gRPC address, host:port;
 - `v2_triton_process`: a second one serving the cde-small-v2 tiny checkpoint, started only when
   a test asks for it (same model names; the family comes from the checkpoint); its tokenizer
-  comes from the `tokenizer` setting, as for the published snapshot.
+  comes from the `tokenizer` setting, as for the published snapshot;
+- `demo_triton_process`: one serving the offline demo model (all-MiniLM-L6-v2), started only
+  when a test asks for it.
 """
 
 from __future__ import annotations
@@ -67,5 +69,13 @@ def v2_triton_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trit
         model=str(snapshot),
         tokenizer=V2_TINY_CHECKPOINT,
     )
+    with TritonProcess(settings) as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def demo_triton_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonProcess]:
+    """A started tritonserver serving the offline demo model (CPU configs)."""
+    settings = tiny_triton_settings(tmp_path_factory.mktemp("triton-demo-cache"), model="demo")
     with TritonProcess(settings) as process:
         yield process

@@ -1,5 +1,6 @@
-"""Faults against real processes: Triton killed and restarted, gateway SIGTERM and SIGKILL,
-Redis outage, client cancellation and deadlines (issue 7, "Faults")."""
+"""Faults against real processes: Triton killed and restarted, gateway SIGTERM and SIGKILL (also
+in the middle of context-set revision work, issue 15), Redis outage, client cancellation and
+deadlines (issue 7, "Faults")."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from cde_server.triton.launcher import TritonProcess
 from prometheus_client.parser import text_string_to_metric_families
 from support.gateway_fixtures import GatewayFactory, ignore_poller_wakeups
 from support.probes import health, wait_for
-from support.process_fixtures import GatewayProcessFactory
+from support.process_fixtures import GatewayProcess, GatewayProcessFactory
 from support.store_fixtures import RedisServer
 from support.triton_fixtures import tiny_triton_settings
 
@@ -228,6 +230,21 @@ def test_triton_killed_under_load_recovers_without_gateway_restart(
 
 
 # --- gateway SIGTERM and SIGKILL (real `cde serve` processes) ------------------------------------
+def crash_during(
+    call: Any, process: GatewayProcess, then: Callable[[], object] | None = None
+) -> None:
+    """SIGKILL the gateway half a second into the in-flight `call` (a grpc future), run `then`,
+    and check that the call failed UNAVAILABLE."""
+    time.sleep(0.5)
+    assert not call.done(), "the call finished before the crash"
+    process.kill()
+    if then is not None:
+        then()
+    with pytest.raises(grpc.RpcError) as crashed:
+        call.result()
+    assert crashed.value.code() == Code.UNAVAILABLE
+
+
 def test_gateway_sigterm_drains_in_flight_calls_and_exits_cleanly(
     gateway_process_factory: GatewayProcessFactory,
 ) -> None:
@@ -295,12 +312,7 @@ def test_gateway_crash_during_create_leaves_no_half_written_set(
         stub = pb_grpc.EmbeddingServiceStub(channel)
         with BusyFirstStage(triton_process):  # stage 1 of the create waits behind these
             create = stub.CreateContextSet.future(create_request("torn", DOCUMENTS), timeout=60)
-            time.sleep(0.5)
-            assert not create.done(), "the create finished before the crash"
-            process.kill()
-            with pytest.raises(grpc.RpcError) as crashed:
-                create.result()
-    assert crashed.value.code() == Code.UNAVAILABLE
+            crash_during(create, process)
     process.start()
     with CdeClient(process.address, retry=False, timeout=30) as client:
         with pytest.raises(NotFound):
@@ -310,6 +322,170 @@ def test_gateway_crash_during_create_leaves_no_half_written_set(
         assert created.source_document_count == len(DOCUMENTS)
         stored = client.get_context_set("torn", include_embeddings=True)
         assert stored.dataset_embeddings is not None
+
+
+# --- gateway SIGKILL in the middle of revision work (issue 15, "Data safety") -------------------
+VARIANTS = [[f"variant {k} document {i} about topic {i % 5}" for i in range(16)] for k in range(4)]
+
+
+def revision_upload(
+    name: str, documents: list[str], activate: bool, hold: threading.Event
+) -> Iterator[pb.CreateContextSetRequest]:
+    """A replace=True upload that stops after its first documents until `hold` is set."""
+    options = pb.ContextSetOptions(name=name, replace=True, activate=activate)
+    yield pb.CreateContextSetRequest(options=options)
+    yield pb.CreateContextSetRequest(documents=pb.DocumentBatch(documents=documents[:4]))
+    hold.wait(60)
+    yield pb.CreateContextSetRequest(documents=pb.DocumentBatch(documents=documents[4:]))
+
+
+def assert_consistent(
+    client: CdeClient, name: str, references: dict[frozenset[str], Matrix], kept: int
+) -> list[int]:
+    """The set has one active revision that exists, at most `kept` others, and every retained
+    revision holds a whole variant whose embeddings equal that variant's reference; the
+    retained revision numbers, ascending."""
+    described = client.get_context_set(name)
+    numbers = [r.revision for r in described.revisions]
+    assert numbers == sorted(set(numbers)), numbers
+    assert described.active_revision in numbers, (described.active_revision, numbers)
+    assert described.revision == described.active_revision
+    assert len(numbers) <= kept + 1, numbers
+    served = client.embed_queries(QUERIES, context=name)
+    assert served.context_revision == described.active_revision
+    for number in numbers:
+        stored = client.get_context_set(
+            f"{name}@{number}", include_documents=True, include_embeddings=True
+        )
+        assert stored.documents is not None and stored.dataset_embeddings is not None
+        documents = frozenset(stored.documents)
+        assert documents in references, f"revision {number} holds a partial document set"
+        assert stored.dataset_embeddings.shape[0] == stored.context_size == len(documents)
+        pinned = client.embed_queries(QUERIES, context=f"{name}@{number}")
+        assert pinned.context_revision == number
+        np.testing.assert_allclose(pinned.embeddings, references[documents], atol=1e-6)
+    np.testing.assert_allclose(
+        served.embeddings,
+        references[frozenset(client.get_context_set(name, include_documents=True).documents or ())],
+        atol=1e-6,
+    )
+    return numbers
+
+
+def variant_references(client: CdeClient) -> dict[frozenset[str], Matrix]:
+    """Every variant's embeddings of QUERIES, from a set of its own ("ref-K")."""
+    references = {}
+    for index, documents in enumerate(VARIANTS):
+        client.create_context_set(f"ref-{index}", documents)
+        references[frozenset(documents)] = client.embed_queries(
+            QUERIES, context=f"ref-{index}"
+        ).embeddings
+    return references
+
+
+@pytest.mark.parametrize("activate", [True, False], ids=["activate", "inactive"])
+def test_gateway_crash_during_a_revision_upload_keeps_the_served_revision(
+    gateway_process_factory: GatewayProcessFactory, store_url: str, activate: bool
+) -> None:
+    process = gateway_process_factory(store=store_url)
+    with CdeClient(process.address, retry=False, timeout=30) as client:
+        references = variant_references(client)
+        client.create_context_set("docs", VARIANTS[0])
+        before = client.embed_queries(QUERIES, context="docs").embeddings
+    hold = threading.Event()
+    with grpc.insecure_channel(process.address) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        upload = revision_upload("docs", VARIANTS[1], activate, hold)
+        create = stub.CreateContextSet.future(upload, timeout=60)
+        crash_during(create, process, then=hold.set)  # the first documents are in the gateway
+    process.start()
+    with CdeClient(process.address, retry=False, timeout=30) as client:
+        assert assert_consistent(client, "docs", references, kept=5) == [1]
+        np.testing.assert_allclose(
+            client.embed_queries(QUERIES, context="docs").embeddings, before, atol=1e-6
+        )
+        again = client.create_context_set("docs", VARIANTS[1], replace=True, activate=activate)
+        assert again.revision > 1 and again.active_revision == (again.revision if activate else 1)
+        assert_consistent(client, "docs", references, kept=5)
+
+
+class RevisionChurn:
+    """Two client threads on one set until the gateway dies: one creates revisions (replace,
+    active or not, pruning to `kept`), the other activates retained ones."""
+
+    def __init__(self, address: str, name: str, seed: int) -> None:
+        self.address, self.name = address, name
+        self.rng = np.random.default_rng(seed)
+        self.acknowledged: list[int] = []  # revision numbers the gateway answered with
+        self.unexpected: list[Exception] = []
+        self.interrupted: list[str] = []  # the operations the kill cut off
+        self._threads = [
+            threading.Thread(target=self._run, args=(work,), daemon=True)
+            for work in (self._create, self._activate)
+        ]
+
+    def __enter__(self) -> RevisionChurn:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for thread in self._threads:
+            thread.join(30)
+
+    def _run(self, work: Callable[[CdeClient], None]) -> None:
+        with CdeClient(self.address, retry=False, timeout=30) as client:
+            while True:
+                try:
+                    work(client)
+                except Unavailable:  # the gateway was killed
+                    self.interrupted.append(work.__name__.strip("_"))
+                    return
+                except NotFound:
+                    continue  # activating a revision the other thread's create just pruned
+                except Exception as exc:  # recorded: the test fails on it
+                    self.unexpected.append(exc)
+                    return
+
+    def _create(self, client: CdeClient) -> None:
+        documents = VARIANTS[int(self.rng.integers(len(VARIANTS)))]
+        activate = bool(self.rng.integers(2))
+        created = client.create_context_set(self.name, documents, replace=True, activate=activate)
+        self.acknowledged.append(created.revision)
+
+    def _activate(self, client: CdeClient) -> None:
+        numbers = [r.revision for r in client.get_context_set(self.name).revisions]
+        number = numbers[int(self.rng.integers(len(numbers)))]
+        self.acknowledged.append(client.activate_context_set(self.name, number).active_revision)
+
+
+def test_gateway_killed_at_random_points_of_revision_work_leaves_every_set_consistent(
+    gateway_process_factory: GatewayProcessFactory, store_url: str
+) -> None:
+    kept = 2
+    process = gateway_process_factory(store=store_url, context_revisions_kept=kept)
+    with CdeClient(process.address, retry=False, timeout=30) as client:
+        references = variant_references(client)
+        client.create_context_set("docs", VARIANTS[0])
+    rng = np.random.default_rng(15)
+    highest, operations, interrupted = 1, 0, Counter[str]()
+    for kill in range(6):
+        with RevisionChurn(process.address, "docs", seed=kill) as churn:
+            time.sleep(float(rng.uniform(0.3, 2.0)))
+            process.kill()
+        assert not churn.unexpected, churn.unexpected
+        operations += len(churn.acknowledged)
+        interrupted.update(churn.interrupted)
+        highest = max([highest, *churn.acknowledged])
+        process.start()
+        with CdeClient(process.address, retry=False, timeout=30) as client:
+            numbers = assert_consistent(client, "docs", references, kept)
+        assert numbers[-1] >= highest, "an acknowledged revision was lost"
+    assert operations > 6, "the churn did too little work between the kills"
+    print(
+        f"\n6 kills, {operations} acknowledged creates/activates, last revision {highest}; "
+        f"calls cut off by the kills: {dict(interrupted)}"
+    )
 
 
 # --- Redis unavailable ----------------------------------------------------------------------------

@@ -1,22 +1,34 @@
 """Abuse before and after authentication (issue 17): unauthenticated floods cost no parsing,
-oversized messages are refused by RPC, idle streams are closed and free their slot, and one
-tenant cannot hold every stream slot when auth is on."""
+oversized messages are refused by RPC, idle streams are closed and free their slot, one
+tenant cannot hold every stream slot when auth is on, and a full Triton queue is a retryable
+RESOURCE_EXHAUSTED."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import psutil
 from cde.v1 import embedding_service_pb2 as pb
 from cde.v1 import embedding_service_pb2_grpc as pb_grpc
+from cde_client import CdeClient, HealthStatus
 from cde_server.gateway.auth import Authenticator, generate_key, hash_key
 from cde_server.gateway.limits import tenant_limiter
 from cde_server.gateway.settings import GatewaySettings
+from cde_server.triton import protocol as tp
+from cde_server.triton.launcher import TritonProcess
+from cde_server.triton.settings import DEFAULT_MODEL_REPOSITORY
+from prometheus_client.parser import text_string_to_metric_families
+from support.gateway_fixtures import GatewayFactory, GatewayThread
+from support.probes import health
 from support.process_fixtures import GatewayProcessFactory
+from support.triton_fixtures import tiny_triton_settings
 
 MIB = 1024 * 1024
 FLOOD_MESSAGE_BYTES = 30 * MIB
@@ -202,3 +214,101 @@ def test_connections_without_a_handshake_are_closed(
             while connection.recv(4096):  # the server's SETTINGS, then end of stream
                 pass
     assert time.monotonic() - started < 8
+
+
+Outcome = tuple[grpc.StatusCode, str, dict[str, str]]  # code, details, trailers
+
+
+def embed_at_once(address: str, calls: int) -> list[Outcome]:
+    """`calls` Embed calls of 32 long texts each, all at once; each one's outcome."""
+    texts = ["lorem ipsum dolor sit amet " * 60] * 32
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+
+    def call(stub: pb_grpc.EmbeddingServiceStub, index: int) -> None:
+        request = pb.EmbedRequest(texts=[f"{index} {text}" for text in texts])
+        outcome: Outcome
+        try:
+            stub.Embed(request, timeout=300)
+            outcome = (grpc.StatusCode.OK, "", {})
+        except grpc.RpcError as error:
+            trailers = {key: str(value) for key, value in error.trailing_metadata() or ()}
+            outcome = (error.code(), error.details() or "", trailers)
+        with lock:
+            outcomes.append(outcome)
+
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.EmbeddingServiceStub(channel)
+        stub.Embed(pb.EmbedRequest(texts=["warm up"]), timeout=60)
+        threads = [threading.Thread(target=call, args=(stub, i)) for i in range(calls)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return outcomes
+
+
+def gateway_metric(gateway: GatewayThread, name: str, **labels: str) -> float:
+    """The sum of a gateway's samples called `name` whose labels include `labels`."""
+    assert gateway.gateway is not None and gateway.gateway.metrics_port is not None
+    url = f"http://127.0.0.1:{gateway.gateway.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def test_a_full_triton_queue_is_resource_exhausted_with_retry_after_and_the_endpoint_stays_up(
+    tmp_path: Path, gateway_factory: GatewayFactory, triton_grpc_url: str
+) -> None:
+    """Triton's max_queue_size (here 1 for the second stage) refuses with UNAVAILABLE "Exceeds
+    maximum queue size". Alone, that Triton's refusals are RESOURCE_EXHAUSTED with retry-after
+    and its endpoint stays in service; beside another Triton, the refused requests are served
+    there and neither endpoint is marked down."""
+    repository = tmp_path / "model_repository"
+    shutil.copytree(DEFAULT_MODEL_REPOSITORY, repository)
+    config = repository / tp.SECOND_STAGE_MODEL / "configs" / "cpu.pbtxt"
+    text = config.read_text()
+    assert "max_queue_size: 2048" in text
+    config.write_text(text.replace("max_queue_size: 2048", "max_queue_size: 1"))
+    settings = tiny_triton_settings(tmp_path / "cache", triton_model_repository=repository)
+    with TritonProcess(settings) as triton:
+        # health checks far apart (their 2 s readiness timeout, not the refusals under test,
+        # could mark an endpoint down on a loaded host) and time enough for a slow queue
+        quiet = {
+            "max_texts_in_flight": 4096,
+            "health_interval_s": 120.0,
+            "triton_timeout_s": 300.0,
+        }
+        alone = gateway_factory(triton_url=triton.grpc_url, **quiet)
+        outcomes = embed_at_once(alone.address, 24)
+        assert health(alone.address) == HealthStatus.SERVING
+        with CdeClient(alone.address, retry=False) as client:
+            assert client.embed(["after"]).embeddings.shape[0] == 1
+        pooled = gateway_factory(
+            triton_url=f"{triton.grpc_url},{triton_grpc_url}", metrics_port=0, **quiet
+        )
+        served_elsewhere = embed_at_once(pooled.address, 16)
+        busy = gateway_metric(
+            pooled, "cde_gateway_triton_endpoint_calls_total", endpoint=triton.grpc_url,
+            result="busy",
+        )  # fmt: skip
+        up = gateway_metric(pooled, "cde_gateway_triton_endpoint_up", endpoint=triton.grpc_url)
+    refused = [o for o in outcomes if o[0] == grpc.StatusCode.RESOURCE_EXHAUSTED]
+    print(
+        f"\nTriton queue of 1: {len(outcomes) - len(refused)} served, {len(refused)} refused; "
+        f"beside another Triton all {len(served_elsewhere)} served, {busy:.0f} tried elsewhere"
+    )
+    assert {code for code, _, _ in outcomes} <= {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+    assert refused, "Triton's queue bound was never reached"
+    for _, details, trailers in refused:
+        assert "its queue is full); retry shortly" in details, details
+        assert float(trailers["retry-after"]) > 0
+    assert {code for code, _, _ in served_elsewhere} == {grpc.StatusCode.OK}
+    assert busy > 0 and up == 1.0

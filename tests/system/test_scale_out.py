@@ -6,7 +6,9 @@ prompts written through one gateway are usable through the other at once and del
 seen everywhere; concurrent creates of one name have exactly one winner; no request fails
 while a Triton dies (the gateways retry on the other one); the restarted Triton rejoins and
 serves again; a replace is atomic for readers on both gateways; every embedding equals the
-reference whichever gateway and Triton served it.
+reference whichever gateway and Triton served it. Revisions (issue 15), on Redis and on one
+SQLite file: built through one gateway, pinned and activated through the other; concurrent
+creates through both get distinct numbers; concurrent activates leave one winner.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import signal
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -225,3 +228,92 @@ def test_two_gateways_two_tritons(
     assert revisions == set(references), revisions
     for revision, embeddings in load.results:
         np.testing.assert_allclose(embeddings, references[revision], atol=1e-5)
+
+
+# --- revisions across gateways ---------------------------------------------------------------
+def at_once(calls: Sequence[Callable[[], object]]) -> list[object]:
+    """Run every call at the same moment (one thread each); each outcome or CdeError."""
+    barrier = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], object]) -> object:
+        barrier.wait()
+        try:
+            return call()
+        except CdeError as exc:
+            return exc
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+def test_revisions_built_on_one_gateway_are_pinned_and_activated_on_another(
+    store_url: str, gateway_process_factory: GatewayProcessFactory
+) -> None:
+    """Both gateways on one store: a Redis prefix, or one SQLite file."""
+    kept = 20
+    gateway_a = gateway_process_factory(store=store_url, context_revisions_kept=kept)
+    gateway_b = gateway_process_factory(store=store_url, context_revisions_kept=kept)
+    with (
+        CdeClient(gateway_a.address, retry=False, timeout=60) as a,
+        CdeClient(gateway_b.address, retry=False, timeout=60) as b,
+    ):
+        # --- build beside through A; pin and activate through B --------------------------------
+        a.create_context_set("docs", FIRST_DOCS)
+        old = a.embed(TEXTS, context="docs")
+        built = a.create_context_set("docs", SECOND_DOCS, replace=True, activate=False)
+        assert (built.revision, built.active_revision) == (2, 1)
+        served = b.embed(TEXTS, context="docs")  # the inactive build changed nothing
+        assert served.context_revision == 1
+        np.testing.assert_allclose(served.embeddings, old.embeddings, atol=1e-6)
+        pinned = b.embed(TEXTS, context="docs@2")
+        assert pinned.context_revision == 2
+        assert not np.allclose(pinned.embeddings, old.embeddings, atol=1e-3)
+        np.testing.assert_allclose(
+            a.embed(TEXTS, context="docs@2").embeddings, pinned.embeddings, atol=1e-6
+        )
+        assert b.activate_context_set("docs", 2).active_revision == 2
+        for client in (a, b):
+            now = client.embed(TEXTS, context="docs")
+            assert now.context_revision == 2
+            np.testing.assert_allclose(now.embeddings, pinned.embeddings, atol=1e-6)
+        a.activate_context_set("docs", 1)
+        back = b.embed(TEXTS, context="docs")
+        assert back.context_revision == 1
+        np.testing.assert_allclose(back.embeddings, old.embeddings, atol=1e-6)
+
+        # --- both gateways create revisions of one set at once: distinct numbers ---------------
+        creates: list[Callable[[], object]] = [
+            partial(client.create_context_set, "docs", docs, replace=True, activate=False)
+            for client, docs in [(a, FIRST_DOCS), (b, SECOND_DOCS)] * 3
+        ]
+        outcomes = at_once(creates)
+        created = [o for o in outcomes if isinstance(o, ContextSet)]
+        assert len(created) == len(creates), outcomes
+        numbers = sorted(c.revision for c in created)
+        assert numbers == list(range(3, 3 + len(creates))), numbers
+        for client in (a, b):
+            described = client.get_context_set("docs")
+            assert described.active_revision == 1
+            assert [r.revision for r in described.revisions] == [1, 2, *numbers]
+        for index, c in enumerate(created):  # each number holds what its own call sent
+            stored = b.get_context_set(f"docs@{c.revision}", include_documents=True)
+            assert stored.context_id == c.context_id and stored.documents is not None
+            assert set(stored.documents) <= set(FIRST_DOCS if index % 2 == 0 else SECOND_DOCS)
+
+        # --- activates race through both gateways: one winner, seen alike by both --------------
+        references = {n: a.embed(TEXTS, context=f"docs@{n}").embeddings for n in (1, 2, *numbers)}
+        for round_ in range(4):
+            wanted = [numbers[round_], numbers[-1 - round_], 1, 2]
+            activates: list[Callable[[], object]] = [
+                partial(client.activate_context_set, "docs", n)
+                for client, n in zip([a, b, a, b], wanted, strict=True)
+            ]
+            outcomes = at_once(activates)
+            assert all(isinstance(o, ContextSet) for o in outcomes), outcomes
+            winner = a.get_context_set("docs").active_revision
+            assert winner in wanted
+            assert b.get_context_set("docs").active_revision == winner
+            for client in (a, b):
+                result = client.embed(TEXTS, context="docs")
+                assert result.context_revision == winner
+                np.testing.assert_allclose(result.embeddings, references[winner], atol=1e-6)

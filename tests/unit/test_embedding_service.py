@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -19,8 +20,9 @@ from cde_server.gateway.limits import Limits, TenantLimiter
 from cde_server.gateway.metrics import GatewayMetrics
 from cde_server.gateway.service import ContextSetInput, EmbeddingService, EmbedInput
 from cde_server.gateway.settings import GatewaySettings
-from cde_server.inference.interface import ContextRef, Encoded, ServedModelInfo
+from cde_server.inference.interface import ContextRef, Encoded, FloatMatrix, ServedModelInfo
 from cde_server.inference.served_model import ServedModel
+from cde_server.stores.base import Store
 from cde_server.stores.sqlite import SqliteStore
 
 HIDDEN, N = 4, 3
@@ -88,14 +90,49 @@ class FakeInference:
         pass
 
 
+class CachingInference(FakeInference):
+    """FakeInference that loads each context once, as Triton's context cache does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contexts: dict[str, FloatMatrix] = {}
+
+    async def embed(self, texts: Sequence[str], context: ContextRef, **options: Any) -> Encoded:
+        if context.context_id not in self.contexts:
+            self.contexts[context.context_id] = await context.load()
+        cached = self.contexts[context.context_id]
+
+        async def from_cache() -> FloatMatrix:
+            return cached
+
+        return await super().embed(texts, ContextRef(context.context_id, from_cache), **options)
+
+
+class CountingStore:
+    """Delegates to a real store and records the name of every call made to it."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.inner, name)
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            return await method(*args, **kwargs)
+
+        return counted
+
+
 async def service_with(
-    inference: FakeInference, model: ServedModel | None = None
+    inference: FakeInference, model: ServedModel | None = None, store: Store | None = None
 ) -> EmbeddingService:
     settings = GatewaySettings(triton_url="unused:1", max_texts_per_request=4)
     return EmbeddingService(
         settings=settings,
         inference=inference,
-        store=await SqliteStore.connect(":memory:"),
+        store=store or await SqliteStore.connect(":memory:"),
         model=model or ServedModel(inference, document_prefix="search_document: "),
         metrics=GatewayMetrics(),
         limiter=TenantLimiter(lambda _tenant: Limits()),
@@ -125,6 +162,26 @@ def test_embed_applies_prompt_normalizes_and_uses_the_named_context() -> None:
         assert raw.context_set == "docs" and raw.context_revision >= 1
         unit = await service.embed(call(), EmbedInput(["hi"], context_set="docs"))
         assert np.isclose(np.linalg.norm(unit.vectors[0]), 1.0)
+
+    asyncio.run(scenario())
+
+
+def test_embed_reads_the_store_once_per_request() -> None:
+    """The hot path: a cached context costs one store read (its summary), pinned or not."""
+
+    async def scenario() -> None:
+        store = CountingStore(await SqliteStore.connect(":memory:"))
+        service = await service_with(CachingInference(), store=cast(Store, store))
+        await service.create_context_set(call(), ContextSetInput("docs"), batches(["a"]))
+        built = ContextSetInput("docs", replace=True, activate=False)
+        await service.create_context_set(call(), built, batches(["bb"]))
+        for context, revision in (("docs", 1), ("docs@2", 2), ("docs@1", 1), ("", 0)):
+            request = EmbedInput(["hi"], prompt="query", context_set=context)
+            await service.embed(call(), request)  # a cache miss loads the revision once
+            store.calls.clear()
+            result = await service.embed(call(), request)
+            assert result.context_revision == revision
+            assert store.calls == (["get_summary"] if context else []), (context, store.calls)
 
     asyncio.run(scenario())
 

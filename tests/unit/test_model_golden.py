@@ -1,5 +1,6 @@
-"""The tiny checkpoint reproduces the published implementation's outputs (golden.json), and the
-outputs do not depend on batching, padding, order or dtype beyond rounding."""
+"""Both families' tiny checkpoints reproduce the published implementations' outputs
+(golden.json), and the outputs do not depend on batching, padding, order or dtype beyond
+rounding; the rest of this file is about the v1 checkpoint."""
 
 from __future__ import annotations
 
@@ -126,13 +127,17 @@ def test_a_context_from_another_model_is_refused(model: EmbeddingModel, tmp_path
         model.second_stage(*model.tokenizer.encode(["x"]), context)
 
 
-# ------------------------------------------------------------------- invariances
+# ------------------------------------------------------------------- invariances (both)
 
 
 def mixed_texts(golden: dict[str, Any]) -> list[str]:
-    return [DOCUMENT_PREFIX + t for t in golden["documents"] + golden["context_texts"][:6]] + [
-        QUERY_PREFIX + q for q in golden["queries"]
-    ]
+    """Documents, context documents and queries with their prompts, and v2's raw texts."""
+    documents = golden["documents"] + golden["context_texts"][:6]
+    return (
+        [DOCUMENT_PREFIX + t for t in documents]
+        + [QUERY_PREFIX + q for q in golden["queries"]]
+        + list(golden.get("raw_texts", []))
+    )
 
 
 def run_stage(
@@ -145,7 +150,8 @@ def run_stage(
 
 
 @pytest.mark.parametrize("stage", ["first", "second"])
-def test_batch_size_invariance(model: EmbeddingModel, golden: dict[str, Any], stage: str) -> None:
+def test_batch_size_invariance(family: tuple[EmbeddingModel, dict[str, Any]], stage: str) -> None:
+    model, golden = family
     texts = mixed_texts(golden)
     together = run_stage(model, stage, *model.tokenizer.encode(texts), golden)
     alone = torch.cat(
@@ -155,28 +161,28 @@ def test_batch_size_invariance(model: EmbeddingModel, golden: dict[str, Any], st
 
 
 @pytest.mark.parametrize("stage", ["first", "second"])
-def test_padding_invariance(model: EmbeddingModel, golden: dict[str, Any], stage: str) -> None:
+def test_padding_invariance(family: tuple[EmbeddingModel, dict[str, Any]], stage: str) -> None:
+    model, golden = family
     ids, mask = model.tokenizer.encode(mixed_texts(golden))
     reference = run_stage(model, stage, ids, mask, golden)
-    extra = 37
-    padded_ids = np.pad(ids, ((0, 0), (0, extra)), constant_values=0)
+    extra = 37  # more than v2's local window: padding rows see only padding
+    pad_id = model.tokenizer.pad_id
+    padded_ids = np.pad(ids, ((0, 0), (0, extra)), constant_values=pad_id)
     padded_mask = np.pad(mask, ((0, 0), (0, extra)), constant_values=0)
     padded = run_stage(model, stage, padded_ids, padded_mask, golden)
+    assert bool(torch.isfinite(padded).all())
     assert (padded - reference).abs().max() <= INVARIANCE_TOLERANCE
-    # Left padding (valid tokens at the end of each row) gives the same vectors too.
+    # Left padding (valid tokens at the end of each row) is read as right padding.
     order = np.argsort(mask, axis=1, kind="stable")
     left = run_stage(
-        model,
-        stage,
-        np.take_along_axis(ids, order, 1),
-        np.take_along_axis(mask, order, 1),
-        golden,
+        model, stage, np.take_along_axis(ids, order, 1), np.take_along_axis(mask, order, 1), golden
     )
     assert (left - reference).abs().max() <= INVARIANCE_TOLERANCE
 
 
 @pytest.mark.parametrize("stage", ["first", "second"])
-def test_order_invariance(model: EmbeddingModel, golden: dict[str, Any], stage: str) -> None:
+def test_order_invariance(family: tuple[EmbeddingModel, dict[str, Any]], stage: str) -> None:
+    model, golden = family
     texts = mixed_texts(golden)
     reference = run_stage(model, stage, *model.tokenizer.encode(texts), golden)
     permutation = np.random.default_rng(0).permutation(len(texts))
@@ -186,28 +192,32 @@ def test_order_invariance(model: EmbeddingModel, golden: dict[str, Any], stage: 
     assert (shuffled - reference[permutation]).abs().max() <= INVARIANCE_TOLERANCE
 
 
+@pytest.mark.parametrize("family_name", sorted(FAMILY_CHECKPOINTS))
 @pytest.mark.parametrize("stage", ["first", "second"])
-def test_small_token_budget_splits_into_many_passes(golden: dict[str, Any], stage: str) -> None:
+def test_small_token_budget_splits_into_many_passes(family_name: str, stage: str) -> None:
+    checkpoint = FAMILY_CHECKPOINTS[family_name]
+    golden = json.loads((checkpoint / "golden.json").read_text())
     texts = mixed_texts(golden)
-    default = load_model(str(TINY_CHECKPOINT), device="cpu")
-    tight = load_model(str(TINY_CHECKPOINT), device="cpu", token_budget=64)
+    default = load_model(str(checkpoint), device="cpu")
+    tight = load_model(str(checkpoint), device="cpu", token_budget=64)
     reference = run_stage(default, stage, *default.tokenizer.encode(texts), golden)
     split = run_stage(tight, stage, *tight.tokenizer.encode(texts), golden)
     assert (split - reference).abs().max() <= INVARIANCE_TOLERANCE
 
 
-def test_empty_batches(model: EmbeddingModel) -> None:
+def test_empty_batches(family: tuple[EmbeddingModel, dict[str, Any]]) -> None:
+    model, _ = family
     ids, mask = model.tokenizer.encode([])
     assert model.first_stage(ids, mask).shape == (0, 64)
     context = model.prepare_context(torch.zeros(16, 64))
     assert model.second_stage(ids, mask, context).shape == (0, 64)
 
 
-# ------------------------------------------------------------------- dtype and device
-
-
-def test_bfloat16_is_close_to_float32(model: EmbeddingModel, golden: dict[str, Any]) -> None:
-    bf16 = load_model(str(TINY_CHECKPOINT), dtype="bfloat16", device="cpu")
+@pytest.mark.parametrize("family_name", sorted(FAMILY_CHECKPOINTS))
+def test_bfloat16_is_close_to_float32(family_name: str) -> None:
+    checkpoint = FAMILY_CHECKPOINTS[family_name]
+    golden = json.loads((checkpoint / "golden.json").read_text())
+    bf16 = load_model(str(checkpoint), dtype="bfloat16", device="cpu")
     assert bf16.info.dtype == "bfloat16"
     dataset = first_stage(bf16, golden["context_texts"])
     queries = second_stage(bf16, golden["queries"], QUERY_PREFIX, dataset)
@@ -216,6 +226,9 @@ def test_bfloat16_is_close_to_float32(model: EmbeddingModel, golden: dict[str, A
     got = queries.numpy()
     cosine = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cosine.min() > 0.99
+
+
+# ------------------------------------------------------------------- dtype and device
 
 
 def test_float16_needs_a_gpu() -> None:

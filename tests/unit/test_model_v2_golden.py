@@ -1,5 +1,6 @@
 """The tiny cde-small-v2 checkpoint reproduces the published implementation's outputs
-(golden.json, every key), and the outputs do not depend on batching, right padding or order."""
+(golden.json, every key) and its instruction mask; the invariances (batching, padding, order,
+token budget, bfloat16) run for both families in test_model_golden.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from cde_model import EmbeddingModel, load_model
 from cde_model.cde_v2 import instruction_pool_mask
 from cde_model.prompts import DOCUMENT_PREFIX, QUERY_PREFIX
 from cde_model.tokenizer_v2 import instruction_end_id
-from support.golden import assert_matches_golden, first_stage, second_stage
+from support.golden import assert_matches_golden, second_stage
 from support.paths import TINY_CHECKPOINT, V2_GOLDEN_JSON, V2_TINY_CHECKPOINT
 
 INVARIANCE_TOLERANCE = 1e-5
@@ -174,105 +175,3 @@ def test_an_empty_document_pools_the_space_and_sep(model: EmbeddingModel) -> Non
     context = model.prepare_context(torch.randn(16, 64))
     embedding = model.second_stage(*model.tokenizer.encode([DOCUMENT_PREFIX]), context)
     assert bool(torch.isfinite(embedding).all())
-
-
-# ------------------------------------------------------------------- invariances
-
-
-def mixed_texts(golden: dict[str, Any]) -> list[str]:
-    return (
-        [DOCUMENT_PREFIX + t for t in golden["documents"] + golden["context_texts"][:6]]
-        + [QUERY_PREFIX + q for q in golden["queries"]]
-        + list(golden["raw_texts"])
-    )
-
-
-def run_stage(
-    model: EmbeddingModel, stage: str, ids: Any, mask: Any, golden: dict[str, Any]
-) -> torch.Tensor:
-    if stage == "first":
-        return model.first_stage(ids, mask)
-    context = model.prepare_context(torch.tensor(golden["dataset_embeddings"]))
-    return model.second_stage(ids, mask, context)
-
-
-@pytest.mark.parametrize("stage", ["first", "second"])
-def test_batch_size_invariance(model: EmbeddingModel, golden: dict[str, Any], stage: str) -> None:
-    texts = mixed_texts(golden)
-    together = run_stage(model, stage, *model.tokenizer.encode(texts), golden)
-    alone = torch.cat(
-        [run_stage(model, stage, *model.tokenizer.encode([t]), golden) for t in texts]
-    )
-    assert (together - alone).abs().max() <= INVARIANCE_TOLERANCE
-
-
-@pytest.mark.parametrize("stage", ["first", "second"])
-def test_right_padding_invariance(
-    model: EmbeddingModel, golden: dict[str, Any], stage: str
-) -> None:
-    ids, mask = model.tokenizer.encode(mixed_texts(golden))
-    reference = run_stage(model, stage, ids, mask, golden)
-    extra = 37  # more than the fixture's local window: padding rows see only padding
-    pad_id = model.tokenizer.pad_id
-    padded_ids = np.pad(ids, ((0, 0), (0, extra)), constant_values=pad_id)
-    padded_mask = np.pad(mask, ((0, 0), (0, extra)), constant_values=0)
-    padded = run_stage(model, stage, padded_ids, padded_mask, golden)
-    assert bool(torch.isfinite(padded).all())
-    assert (padded - reference).abs().max() <= INVARIANCE_TOLERANCE
-
-
-@pytest.mark.parametrize("stage", ["first", "second"])
-def test_left_padded_rows_are_read_as_right_padded(
-    model: EmbeddingModel, golden: dict[str, Any], stage: str
-) -> None:
-    ids, mask = model.tokenizer.encode(mixed_texts(golden))
-    reference = run_stage(model, stage, ids, mask, golden)
-    order = np.argsort(mask, axis=1, kind="stable")
-    left = run_stage(
-        model, stage, np.take_along_axis(ids, order, 1), np.take_along_axis(mask, order, 1), golden
-    )
-    assert (left - reference).abs().max() <= INVARIANCE_TOLERANCE
-
-
-@pytest.mark.parametrize("stage", ["first", "second"])
-def test_order_invariance(model: EmbeddingModel, golden: dict[str, Any], stage: str) -> None:
-    texts = mixed_texts(golden)
-    reference = run_stage(model, stage, *model.tokenizer.encode(texts), golden)
-    permutation = np.random.default_rng(0).permutation(len(texts))
-    shuffled = run_stage(
-        model, stage, *model.tokenizer.encode([texts[i] for i in permutation]), golden
-    )
-    assert (shuffled - reference[permutation]).abs().max() <= INVARIANCE_TOLERANCE
-
-
-@pytest.mark.parametrize("stage", ["first", "second"])
-def test_small_token_budget_splits_into_many_passes(
-    model: EmbeddingModel, golden: dict[str, Any], stage: str
-) -> None:
-    texts = mixed_texts(golden)
-    tight = load_model(str(V2_TINY_CHECKPOINT), device="cpu", token_budget=64)
-    reference = run_stage(model, stage, *model.tokenizer.encode(texts), golden)
-    split = run_stage(tight, stage, *tight.tokenizer.encode(texts), golden)
-    assert (split - reference).abs().max() <= INVARIANCE_TOLERANCE
-
-
-def test_empty_batches(model: EmbeddingModel) -> None:
-    ids, mask = model.tokenizer.encode([])
-    assert model.first_stage(ids, mask).shape == (0, 64)
-    context = model.prepare_context(torch.zeros(16, 64))
-    assert model.second_stage(ids, mask, context).shape == (0, 64)
-
-
-# ------------------------------------------------------------------- dtype
-
-
-def test_bfloat16_is_close_to_float32(golden: dict[str, Any]) -> None:
-    bf16 = load_model(str(V2_TINY_CHECKPOINT), dtype="bfloat16", device="cpu")
-    assert bf16.info.dtype == "bfloat16"
-    dataset = first_stage(bf16, golden["context_texts"])
-    queries = second_stage(bf16, golden["queries"], QUERY_PREFIX, dataset)
-    assert dataset.dtype == torch.float32 and queries.dtype == torch.float32
-    want = np.asarray(golden["query_embeddings"])
-    got = queries.numpy()
-    cosine = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
-    assert cosine.min() > 0.99

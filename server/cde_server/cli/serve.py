@@ -6,7 +6,16 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from cde_model.dtypes import DTYPES
+from cde_server.cli.lifecycle import (
+    EXIT_MISCONFIGURED,
+    EXIT_STOPPED,
+    StopRequested,
+    add_model_options,
+    failure_status,
+    report,
+    settings_from_options,
+    stop_on_signals,
+)
 
 if TYPE_CHECKING:
     from cde_server.gateway.app import Gateway
@@ -26,13 +35,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "Ctrl-C/SIGTERM. Unset options come from CDE_* environment variables."
         ),
     )
-    parser.add_argument("--model", help='checkpoint directory or "demo" (CDE_MODEL, demo)')
-    parser.add_argument("--dtype", choices=DTYPES, help="(CDE_DTYPE)")
-    parser.add_argument(
-        "--tokenizer",
-        help="directory with tokenizer.json, for a cde-small-v2 snapshot that has none "
-        "(CDE_TOKENIZER)",
-    )
+    add_model_options(parser, model_default=", demo")
     parser.add_argument("--host", help="listen address (CDE_HOST, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="gRPC port (CDE_PORT, 50051)")
     parser.add_argument(
@@ -53,14 +56,6 @@ def run(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from cde_server.cli.lifecycle import (
-        EXIT_MISCONFIGURED,
-        EXIT_STOPPED,
-        StopRequested,
-        failure_status,
-        report,
-        stop_on_signals,
-    )
     from cde_server.gateway.auth import Authenticator, KeysFileError
     from cde_server.gateway.request_log import configure_logging
     from cde_server.gateway.settings import GatewaySettings
@@ -77,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
         "triton_url": args.triton_url,
         "metrics_port": args.metrics_port,
     }
+    settings = settings_from_options("serve", GatewaySettings, overrides)
+    if settings is None:
+        return EXIT_MISCONFIGURED
     try:
-        settings = GatewaySettings(**{k: v for k, v in overrides.items() if v is not None})
         triton_settings = _embedded_triton_settings(settings, args.tokenizer)
     except ValidationError as exc:
         report("serve", f"invalid settings:\n{exc}")
@@ -147,15 +144,16 @@ def _run_gateway(settings: GatewaySettings, triton: TritonProcess | None) -> int
     """Run the gateway until a signal (0), or until the embedded Triton keeps dying (1)."""
     import asyncio
 
-    from cde_server.cli.lifecycle import EXIT_FAILED, EXIT_STOPPED, report
+    from cde_server.cli.lifecycle import EXIT_FAILED
     from cde_server.gateway.app import Gateway, serve_until_signalled
     from cde_server.triton.supervisor import TritonSupervisor
 
     async def main() -> int:
         gateway = Gateway(settings)
         server = asyncio.create_task(serve_until_signalled(gateway))
-        while gateway.port == 0 and not server.done():
-            await asyncio.sleep(0.05)
+        started = asyncio.create_task(gateway.started.wait())
+        await asyncio.wait({server, started}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
         if server.done():
             await server  # start-up failed: raise its error
             return EXIT_FAILED

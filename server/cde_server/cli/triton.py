@@ -7,7 +7,17 @@ import signal
 import sys
 from typing import Any
 
-from cde_model.dtypes import DTYPES
+from cde_server.cli.lifecycle import (
+    EXIT_FAILED,
+    EXIT_MISCONFIGURED,
+    EXIT_STOPPED,
+    StopRequested,
+    add_model_options,
+    failure_status,
+    report,
+    settings_from_options,
+    stop_on_signals,
+)
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -22,13 +32,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "CDE_TRITON_GRPC_PORT, ...)."
         ),
     )
-    parser.add_argument("--model", help='checkpoint directory or "demo" (CDE_MODEL)')
-    parser.add_argument("--dtype", choices=DTYPES, help="(CDE_DTYPE)")
-    parser.add_argument(
-        "--tokenizer",
-        help="directory with tokenizer.json, for a cde-small-v2 snapshot that has none "
-        "(CDE_TOKENIZER)",
-    )
+    add_model_options(parser, model_default="")
     parser.add_argument(
         "--device", choices=["auto", "cpu", "gpu"], help="instance kind (CDE_TRITON_DEVICE)"
     )
@@ -51,17 +55,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start Triton, block until a signal or its exit; 0 on a clean stop."""
-    from pydantic import ValidationError
-
-    from cde_server.cli.lifecycle import (
-        EXIT_FAILED,
-        EXIT_MISCONFIGURED,
-        EXIT_STOPPED,
-        StopRequested,
-        failure_status,
-        report,
-        stop_on_signals,
-    )
     from cde_server.triton.environment import TritonSetupError
     from cde_server.triton.launcher import TritonProcess, TritonStartError
     from cde_server.triton.settings import TritonSettings
@@ -80,10 +73,8 @@ def run(args: argparse.Namespace) -> int:
         "token_budget": args.token_budget,
         "triton_log_verbose": args.log_verbose,
     }
-    try:
-        settings = TritonSettings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        report("triton", f"invalid settings:\n{exc}")
+    settings = settings_from_options("triton", TritonSettings, overrides)
+    if settings is None:
         return EXIT_MISCONFIGURED
 
     def announce(signum: signal.Signals) -> None:

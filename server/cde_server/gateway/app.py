@@ -66,6 +66,7 @@ class Gateway:
         )
         self.model = ServedModel(self.inference, document_prefix=BUILTIN_PROMPTS[DEFAULT_PROMPT])
         self.port = 0
+        self.started = asyncio.Event()  # set once every listener is bound
         self.http_port: int | None = None
         self._http: HttpListener | None = None
         self.health_port: int | None = None
@@ -174,6 +175,7 @@ class Gateway:
             redacted_url(s.store),
             "SERVING" if self._health.serving else "NOT_SERVING",
         )
+        self.started.set()
         return self.port
 
     async def stop(self, grace_s: float | None = None) -> None:

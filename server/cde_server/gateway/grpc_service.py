@@ -198,7 +198,6 @@ class GrpcEmbeddingService(pb_grpc.EmbeddingServiceServicer):
         """The served model and this gateway's limits."""
         async with self._calls.open("GetModelInfo", rpc_context):
             info = await self._service.model_info()
-            s = self._service.settings
             return pb.GetModelInfoResponse(
                 model_name=info.name,
                 fingerprint=info.fingerprint,
@@ -207,14 +206,7 @@ class GrpcEmbeddingService(pb_grpc.EmbeddingServiceServicer):
                 max_tokens=info.max_tokens,
                 dtype=info.dtype,
                 family=info.family,
-                limits=pb.Limits(
-                    max_texts_per_request=s.max_texts_per_request,
-                    max_text_bytes=s.max_text_bytes,
-                    max_message_bytes=s.max_message_bytes,
-                    max_context_documents=s.max_context_documents,
-                    max_concurrent_streams=s.max_concurrent_streams,
-                    max_context_bytes=s.max_context_bytes,
-                ),
+                limits=pb.Limits(**self._service.advertised_limits()),
             )
 
 
@@ -288,6 +280,7 @@ async def _read_options(requests: AsyncIterator[pb.CreateContextSetRequest]) -> 
         replace=options.replace,
         seed=options.seed if options.HasField("seed") else None,
         activate=options.activate if options.HasField("activate") else True,
+        idempotency_key=options.idempotency_key,
     )
 
 

@@ -118,6 +118,18 @@ class GatewaySettings(BaseSettings):
         ge=1,
         description="UTF-8 bytes of all documents in one CreateContextSet",
     )
+    max_context_sets_per_tenant: int = Field(
+        default=1000,
+        ge=0,
+        description="context sets one tenant may hold (0: no limit); a create of a new name "
+        "beyond it is RESOURCE_EXHAUSTED",
+    )
+    max_stored_bytes_per_tenant: int = Field(
+        default=1024 * 1024 * 1024,
+        ge=0,
+        description="bytes one tenant's retained context-set revisions may take in the store "
+        "(embeddings, documents, sample; 0: no limit); a create beyond it is RESOURCE_EXHAUSTED",
+    )
     max_concurrent_streams: int = Field(
         default=64,
         ge=1,

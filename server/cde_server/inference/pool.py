@@ -27,7 +27,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from cde_server.errors import DeadlineExceededError, InferenceUnavailableError, ModelFailedError
+from cde_server.errors import (
+    DeadlineExceededError,
+    InferenceBusyError,
+    InferenceUnavailableError,
+    ModelFailedError,
+)
 from cde_server.inference.interface import (
     ContextRef,
     Encoded,
@@ -231,11 +236,13 @@ class TritonPool:
     async def _call(
         self, work: Callable[[TritonEndpoint, float], Awaitable[T]], timeout_s: float | None
     ) -> T:
-        """Run `work` on the best up endpoint; on UNAVAILABLE mark it down and try another."""
+        """Run `work` on the best up endpoint; on UNAVAILABLE mark it down and try another; on a
+        full queue try another (the endpoint stays up) and, if all are full, say so."""
         budget = self._timeout_s if timeout_s is None else min(timeout_s, self._timeout_s)
         deadline = time.monotonic() + budget
         tried: set[int] = set()
         failure: InferenceUnavailableError | None = None
+        busy: InferenceBusyError | None = None
         while (index := self._choose(tried)) is not None:
             tried.add(index)
             left = deadline - time.monotonic()
@@ -249,6 +256,9 @@ class TritonPool:
                 value = await work(endpoint.client, left)
                 result = "ok"
                 return value
+            except InferenceBusyError as exc:
+                result = "busy"
+                busy = exc
             except InferenceUnavailableError as exc:
                 result = "unavailable"
                 failure = exc
@@ -260,6 +270,8 @@ class TritonPool:
                 endpoint.outstanding -= 1
                 self._observer.endpoint_outstanding(endpoint.url, endpoint.outstanding)
                 self._observer.endpoint_call(endpoint.url, result)
+        if busy is not None:
+            raise busy
         if failure is not None:
             raise failure
         raise InferenceUnavailableError(f"no inference server is available ({self.describe()})")

@@ -26,6 +26,7 @@ from tritonclient.utils import InferenceServerException
 
 from cde_server.errors import (
     DeadlineExceededError,
+    InferenceBusyError,
     InferenceUnavailableError,
     InternalError,
     InvalidArgumentError,
@@ -51,6 +52,8 @@ from cde_server.triton import protocol as tp
 logger = logging.getLogger("cde_server.inference.triton_endpoint")
 
 _STUB_FAILED = "is not healthy"  # Triton: "Stub process '<model>_0_0' is not healthy."
+_QUEUE_FULL = "Exceeds maximum queue size"  # Triton (UNAVAILABLE): the model's queue is full
+QUEUE_FULL_RETRY_S = 0.5
 PROBE_CONTEXT_ID = "0" * tp.CONTEXT_ID_LENGTH  # never a real context: the stub answers a miss
 
 
@@ -325,6 +328,11 @@ def _inference_error(model: str, code: str, message: str) -> ServiceError:
     if _STUB_FAILED in message:
         logger.error("triton %s: %s", model, message)
         return ModelFailedError(f"inference server unavailable ({model}): {message}", model=model)
+    if _QUEUE_FULL in message:  # a live server at capacity: not down, retry shortly
+        return InferenceBusyError(
+            f"the inference server is at capacity ({model}: its queue is full); retry shortly",
+            retry_after=QUEUE_FULL_RETRY_S,
+        )
     if code in ("UNAVAILABLE", "CANCELLED") or (code == "NOT_FOUND" and "model" in message):
         return InferenceUnavailableError(f"inference server unavailable ({model}): {message}")
     if code == "DEADLINE_EXCEEDED":

@@ -234,7 +234,7 @@ class LimitsInfo(BaseModel):
     max_context_bytes: int
 
 
-class ModelInfo(BaseModel):
+class ModelInfoResponse(BaseModel):
     """GET /v1/model-info: the proto's GetModelInfoResponse, plus the vocabulary size."""
 
     model_name: str
@@ -244,6 +244,7 @@ class ModelInfo(BaseModel):
     max_tokens: int
     vocab_size: int
     dtype: str
+    family: str = Field(description='"v1" (cde-small-v1), "v2" (cde-small-v2) or "demo"')
     limits: LimitsInfo
 
 
