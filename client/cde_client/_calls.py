@@ -74,8 +74,10 @@ EMBED: Rpc[pb.EmbedRequest, pb.EmbedResponse] = _method(
 EMBED_STREAM: Rpc[pb.EmbedStreamRequest, pb.EmbedStreamResponse] = _method(
     "EmbedStream", BS, pb.EmbedStreamResponse, idempotent=False
 )
+# Each create_context_set call sends one idempotency key with all its tries: a retried
+# create returns the revision an earlier try stored, never a second one.
 CREATE_CONTEXT_SET: Rpc[pb.CreateContextSetRequest, pb.CreateContextSetResponse] = _method(
-    "CreateContextSet", CS, pb.CreateContextSetResponse, idempotent=False
+    "CreateContextSet", CS, pb.CreateContextSetResponse, idempotent=True
 )
 GET_CONTEXT_SET: Rpc[pb.GetContextSetRequest, pb.GetContextSetResponse] = _method(
     "GetContextSet", U, pb.GetContextSetResponse, idempotent=True

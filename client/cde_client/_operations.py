@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterable, Iterable, Sequence, Sized
+import uuid
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence, Sized
 from typing import Any, TypeAlias, TypeVar, cast
 
 from cde.v1 import embedding_service_pb2 as pb
@@ -34,9 +35,11 @@ from cde_client._flow import (
     RequestSource,
     SendStream,
     Sleep,
+    Step,
     Stream,
 )
 from cde_client._progress import open_progress
+from cde_client._replay import Replayable
 from cde_client.errors import CdeError
 from cde_client.models import ContextSet, EmbedResult, HealthStatus, ModelInfo, Prompt
 
@@ -70,25 +73,41 @@ PUBLIC = (
 # --- building blocks --------------------------------------------------------------------
 
 
-def _unary(
-    core: ClientCore, rpc: Rpc[Any, ResponseT], request: Message, timeout: float | None
-) -> Flow[ResponseT]:
-    """One unary call, retried per the client's policy while time is left."""
-    budget = core.call_timeout(timeout)
-    deadline = None if budget is None else time.monotonic() + budget
-    for attempt in itertools.count(1):
+def _retried(
+    core: ClientCore,
+    rpc: Rpc[Any, Any],
+    attempt: Callable[[float | None], Step],
+    deadline: float | None,
+) -> Flow[Any]:
+    """Run `attempt(time left)` until it succeeds, retrying per the client's policy (if `rpc`
+    is safe to repeat) while time is left before `deadline` (monotonic; None: no limit)."""
+    for number in itertools.count(1):
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            return cast(ResponseT, (yield Call(rpc, request, left)))
+            return (yield attempt(left))
         except CdeError as error:
             left = None if deadline is None else deadline - time.monotonic()
             delay = core.retry.delay_before_retry(
-                error, attempt, idempotent=rpc.idempotent, time_left=left, rng=core.rng
+                error, number, idempotent=rpc.idempotent, time_left=left, rng=core.rng
             )
             if delay is None:
                 raise
         yield Sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _deadline(budget: float | None) -> float | None:
+    """The monotonic time `budget` seconds from now (None: no limit)."""
+    return None if budget is None else time.monotonic() + budget
+
+
+def _unary(
+    core: ClientCore, rpc: Rpc[Any, ResponseT], request: Message, timeout: float | None
+) -> Flow[ResponseT]:
+    """One unary call, retried per the client's policy while time is left."""
+    deadline = _deadline(core.call_timeout(timeout))
+    response = yield from _retried(core, rpc, lambda left: Call(rpc, request, left), deadline)
+    return cast(ResponseT, response)
 
 
 def _cached_model_info(core: ClientCore) -> Flow[ModelInfo]:
@@ -226,6 +245,7 @@ def create_context_set(
     activate: bool = True,
     prompt: str | None = None,
     seed: int | None = None,
+    idempotency_key: str | None = None,
     progress: bool = False,
     timeout: float | None = None,
 ) -> Flow[ContextSet]:
@@ -239,19 +259,34 @@ def create_context_set(
     revision is always active. `prompt`: prompt of the context documents
     (None: "document"). `seed`: sampling seed (None: 42). `progress`: show a progress bar
     (tqdm if installed, else lines on stderr). `timeout`: seconds for the whole upload
-    and build (None: no limit). Not retried automatically.
+    and build, retries included (None: no limit).
+
+    Retried like the other calls (on UNAVAILABLE): every try carries the same
+    `idempotency_key` (None: a fresh random one for this call), so a try that was stored
+    although its answer was lost is returned, never built twice. The documents read so far
+    are kept in memory for the retries until the call returns.
     """
     if isinstance(documents, str | bytes):
         raise TypeError("documents must be an iterable of strings, not a single string")
     info = yield from _cached_model_info(core)
     total = len(documents) if isinstance(documents, Sized) else None
     bar = open_progress(progress, total, f"context set {name}")
+    replayable = Replayable(documents)
     try:
         options = conversions.context_set_options(
-            name, replace=replace, prompt=prompt, seed=seed, activate=activate
+            name,
+            replace=replace,
+            prompt=prompt,
+            seed=seed,
+            activate=activate,
+            idempotency_key=idempotency_key or uuid.uuid4().hex,
         )
-        source = RequestSource(documents, DocumentEncoder(options, info, bar))
-        response = yield SendStream(calls.CREATE_CONTEXT_SET, source, timeout)
+
+        def attempt(left: float | None) -> Step:
+            source = RequestSource(replayable, DocumentEncoder(options, info, bar))
+            return SendStream(calls.CREATE_CONTEXT_SET, source, left)
+
+        response = yield from _retried(core, calls.CREATE_CONTEXT_SET, attempt, _deadline(timeout))
     finally:
         bar.close()
     return conversions.context_set(cast(pb.CreateContextSetResponse, response).context_set)

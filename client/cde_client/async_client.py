@@ -262,6 +262,7 @@ class AsyncCdeClient(ClientBase):
         activate: bool = True,
         prompt: str | None = None,
         seed: int | None = None,
+        idempotency_key: str | None = None,
         progress: bool = False,
         timeout: float | None = None,
     ) -> ContextSet:
@@ -275,7 +276,12 @@ class AsyncCdeClient(ClientBase):
         revision is always active. `prompt`: prompt of the context documents
         (None: "document"). `seed`: sampling seed (None: 42). `progress`: show a progress bar
         (tqdm if installed, else lines on stderr). `timeout`: seconds for the whole upload
-        and build (None: no limit). Not retried automatically.
+        and build, retries included (None: no limit).
+
+        Retried like the other calls (on UNAVAILABLE): every try carries the same
+        `idempotency_key` (None: a fresh random one for this call), so a try that was stored
+        although its answer was lost is returned, never built twice. The documents read so far
+        are kept in memory for the retries until the call returns.
         """
         return await self._run(
             _ops.create_context_set(
@@ -286,6 +292,7 @@ class AsyncCdeClient(ClientBase):
                 activate=activate,
                 prompt=prompt,
                 seed=seed,
+                idempotency_key=idempotency_key,
                 progress=progress,
                 timeout=timeout,
             )

@@ -87,10 +87,18 @@ def embed_request(
 
 
 def context_set_options(
-    name: str, *, replace: bool, prompt: str | None, seed: int | None, activate: bool = True
+    name: str,
+    *,
+    replace: bool,
+    prompt: str | None,
+    seed: int | None,
+    activate: bool = True,
+    idempotency_key: str = "",
 ) -> pb.CreateContextSetRequest:
     """The first message of a CreateContextSet stream."""
-    options = pb.ContextSetOptions(name=name, replace=replace, prompt=prompt or "")
+    options = pb.ContextSetOptions(
+        name=name, replace=replace, prompt=prompt or "", idempotency_key=idempotency_key
+    )
     if seed is not None:
         options.seed = seed
     if not activate:

@@ -1,7 +1,8 @@
 """When and how long to wait before retrying a failed call (exponential backoff + jitter).
 
-Only idempotent calls are retried (a repeated Embed or Get is harmless; a repeated
-CreateContextSet is not), and only on the configured status codes: by default UNAVAILABLE
+Only idempotent calls are retried (a repeated Embed, Get or PutPrompt is harmless, and so is
+a repeated CreateContextSet, which carries its call's idempotency key; a repeated delete is
+not), and only on the configured status codes: by default UNAVAILABLE
 (the gateway is restarting or a backend is briefly away) and CANCELLED as sent by the server
 (a call that raced a gateway's shutdown; a cancellation by the caller itself surfaces as
 `asyncio.CancelledError` or a closed client, never as a retryable error). The policy is pure

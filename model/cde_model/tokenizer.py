@@ -68,6 +68,12 @@ class TextTokenizer:
                 return cls(bert_wordpiece(vocab_txt), max_tokens), vocab_txt
         raise FileNotFoundError(f"no tokenizer.json or vocab.txt in {directory} or the fallback")
 
+    def to_json(self) -> str:
+        """The whole pipeline (vocabulary, normalizer, truncation, ...) as tokenizer.json text,
+        which `tokenizers.Tokenizer.from_str` rebuilds exactly (the gateway's copy)."""
+        serialized: str = self._tokenizer.to_str()
+        return serialized
+
     def token_ids(self, text: str) -> list[int]:
         """The ids of `text` alone: no special tokens, no truncation or padding."""
         return list(self._tokenizer.encode(text, add_special_tokens=False).ids)

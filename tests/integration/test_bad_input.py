@@ -56,6 +56,16 @@ SERVER_STATE_ROWS = {  # covered by tests that build that state (test_overload, 
     "Context set replaced while a request needed its embeddings",
     "Caller's deadline passed while waiting for the model",
     "Unexpected server or model failure",
+    "Triton's queue of a model is full (its max_queue_size) on every endpoint (retry-after "
+    "trailer)",  # test_overload.py
+    # test_gateway_store_limits.py
+    "CreateContextSet: an idempotency key the set's retained revisions carry, with other "
+    "options or documents",
+    "CreateContextSet: a new set beyond CDE_MAX_CONTEXT_SETS_PER_TENANT (not retryable until "
+    "the tenant deletes one; no retry-after)",
+    "CreateContextSet: a revision that would take the tenant's stored bytes past "
+    "CDE_MAX_STORED_BYTES_PER_TENANT (after pruning; not retryable until it frees space; no "
+    "retry-after)",
 }
 ROW_CODES = {row.case: row.code for row in ERROR_TABLE}
 
@@ -307,6 +317,11 @@ CASES: dict[str, Case] = {
         "small", lambda t: create(t.stub, EXISTING, ["d"]), Code.ALREADY_EXISTS,
         f'context set "{EXISTING}" already exists',
         "CreateContextSet: name exists and replace is false"),
+    "create with an idempotency key containing a space": Case(
+        "small", lambda t: create(t.stub, fresh(), ["d"], idempotency_key="a b"),
+        Code.INVALID_ARGUMENT, "invalid idempotency key 'a b'",
+        "CreateContextSet: an idempotency key (or HTTP Idempotency-Key) that is not 1 to 128 "
+        "printable ASCII characters"),
     "create with an unknown prompt": Case(
         "small", lambda t: create(t.stub, fresh(), ["d"], prompt="legal"), Code.NOT_FOUND,
         'prompt "legal" not found', "Unknown prompt"),

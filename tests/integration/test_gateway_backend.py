@@ -19,9 +19,11 @@ class Observer(NullObserver):
         self.hits = 0
         self.misses = 0
         self.codes: list[str] = []
+        self.models: list[str] = []
 
     def triton_call(self, model: str, seconds: float, code: str) -> None:
         self.codes.append(code)
+        self.models.append(model)
 
     def context_cache(self, hit: bool) -> None:
         if hit:
@@ -36,6 +38,16 @@ async def fresh_context(backend: TritonEndpoint) -> npt.NDArray[np.float32]:
     tag = uuid.uuid4().hex
     documents = [f"search_document: {tag} document {i}" for i in range(info.corpus_size)]
     return (await backend.embed_context(documents)).vectors
+
+
+async def fresh_context_ref(backend: TritonEndpoint) -> ContextRef:
+    """A fresh context whose loader hands out its embeddings."""
+    dataset = await fresh_context(backend)
+
+    async def load() -> npt.NDArray[np.float32]:
+        return dataset
+
+    return ContextRef(triton_protocol.context_id(dataset), load)
 
 
 @pytest.mark.parametrize("path", ["direct", "ensemble"])
@@ -75,12 +87,7 @@ def test_paths_agree(triton_grpc_url: str) -> None:
         direct = TritonEndpoint(triton_grpc_url, embed_path="direct")
         ensemble = TritonEndpoint(triton_grpc_url, embed_path="ensemble")
         try:
-            dataset = await fresh_context(direct)
-
-            async def load() -> npt.NDArray[np.float32]:
-                return dataset
-
-            context = ContextRef(triton_protocol.context_id(dataset), load)
+            context = await fresh_context_ref(direct)
             texts = ["search_document: short", "search_document: " + "longer text " * 40]
             a = await direct.embed(texts, context, max_tokens=512)
             b = await ensemble.embed(texts, context, max_tokens=512)
@@ -92,6 +99,45 @@ def test_paths_agree(triton_grpc_url: str) -> None:
         finally:
             await direct.close()
             await ensemble.close()
+
+    asyncio.run(scenario())
+
+
+def test_gateway_tokenizing_matches_cde_tokenize(triton_grpc_url: str) -> None:
+    """tokenizer="auto" tokenizes in the gateway (no cde_tokenize call) with the same result as
+    "off": embeddings, token counts and truncation, for texts, context documents and token ids."""
+
+    async def scenario() -> None:
+        observer = Observer()
+        local = TritonEndpoint(triton_grpc_url, tokenizer="auto", observer=observer)
+        remote = TritonEndpoint(triton_grpc_url, tokenizer="off")
+        try:
+            context = await fresh_context_ref(remote)
+            texts = [
+                "search_query: Héllo, naïve café 東京 🙂",
+                "search_document: " + "a longer text " * 300,  # truncated
+                "search_query: x",
+            ]
+            await remote.embed(texts[:1], context, max_tokens=512)  # cached from here on
+            a = await local.embed(texts, context, max_tokens=512)
+            b = await remote.embed(texts, context, max_tokens=512)
+            np.testing.assert_array_equal(a.vectors, b.vectors)
+            np.testing.assert_array_equal(a.token_counts, b.token_counts)
+            np.testing.assert_array_equal(a.truncated, b.truncated)
+            assert a.truncated.tolist() == [False, True, False]
+            c = await local.embed_context(texts)
+            d = await remote.embed_context(texts)
+            np.testing.assert_array_equal(c.vectors, d.vectors)
+            rows = [[1000, 2000, 3000], [42]]
+            e = await local.embed_tokens(rows, "search_query: ", context, max_tokens=512)
+            f = await remote.embed_tokens(rows, "search_query: ", context, max_tokens=512)
+            np.testing.assert_array_equal(e.vectors, f.vectors)
+            np.testing.assert_array_equal(e.token_counts, f.token_counts)
+            assert triton_protocol.TOKENIZE_MODEL not in observer.models
+            assert observer.models.count(triton_protocol.MODEL_INFO_MODEL) == 1  # fetched once
+        finally:
+            await local.close()
+            await remote.close()
 
     asyncio.run(scenario())
 

@@ -221,7 +221,9 @@ def test_sqlite_store_of_schema_version_1_upgrades_in_place(tmp_path: Path) -> N
 
     run(with_store(f"sqlite://{path}", body))
     with sqlite3.connect(path) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 3
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        assert "legacy_revisions" not in tables
     run(with_store(f"sqlite://{path}", lambda s: s.get_summary("plain")))  # reopens as is
 
 
@@ -259,7 +261,13 @@ def test_redis_data_of_the_layout_before_revisions_is_read_as_is(
         assert (await store.get_summary("old")).revision == 6
         await store.activate_context_set("old", 7)
         await store.activate_context_set("old", 6)
-        again = await store.get_context_set("old")
+        again = await store.get_context_set("old", with_documents=True)
         assert again.embeddings.tobytes() == old.embeddings.tobytes()
+        assert again.documents == old.documents
 
     run(with_store(f"{redis_server.url}?prefix={prefix}", body))
+    raw = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    try:  # opening the store compacted the old hash in place (now revision 6, active)
+        assert raw.hexists(f"{prefix}context_set:old", "sample")
+    finally:
+        raw.close()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -16,6 +18,7 @@ from cde_client._calls import ALL_RPCS, HEALTH_CHECK, HealthCheckRequest, Health
 from cde_client._chunking import MESSAGE_RESERVE_BYTES, embed_spans
 from cde_client._encoders import DocumentEncoder, EmbedStreamEncoder, StreamAssembler, text_list
 from cde_client._progress import NoProgress
+from cde_client._replay import Replayable
 from cde_client.commands import read_documents
 from cde_client.errors import (
     CdeError,
@@ -110,7 +113,7 @@ def test_idempotency_table() -> None:
     assert idempotent == {
         "Embed": True,
         "EmbedStream": False,
-        "CreateContextSet": False,
+        "CreateContextSet": True,  # with one idempotency key for all tries of a call
         "GetContextSet": True,
         "ListContextSets": True,
         "DeleteContextSet": False,
@@ -363,3 +366,34 @@ def test_read_documents(tmp_path: Path) -> None:
     assert list(read_documents(str(folder / "d.jsonl"))) == ["one", "two"]
     with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
         list(read_documents(str(folder / "bad.jsonl")))
+
+
+def test_replayable_documents_are_read_once_and_resent_from_memory() -> None:
+    reads: list[int] = []
+
+    def source() -> Iterator[str]:
+        for i in range(5):
+            reads.append(i)
+            yield f"doc {i}"
+
+    replayable = Replayable(source())
+    first = iter(replayable)
+    assert [next(first), next(first)] == ["doc 0", "doc 1"]  # a try that broke off
+    assert list(replayable) == [f"doc {i}" for i in range(5)]
+    assert list(replayable) == [f"doc {i}" for i in range(5)]
+    assert reads == [0, 1, 2, 3, 4]
+
+
+def test_replayable_async_documents() -> None:
+    async def source() -> AsyncIterator[str]:
+        for i in range(3):
+            yield f"doc {i}"
+
+    async def body() -> tuple[list[str], list[str]]:
+        replayable = Replayable(source())
+        first = [item async for item in replayable]
+        return first, [item async for item in replayable]
+
+    assert asyncio.run(body()) == (["doc 0", "doc 1", "doc 2"], ["doc 0", "doc 1", "doc 2"])
+    with pytest.raises(TypeError, match="plain iterable"):
+        list(Replayable(source()))

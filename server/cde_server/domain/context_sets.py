@@ -7,6 +7,8 @@ another model. Nothing here imports torch or talks to Triton.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
@@ -20,6 +22,7 @@ from cde_server.stores.base import ContextSetSummary, Sampling, StoredContextSet
 from cde_server.triton.protocol import context_id
 
 _SHOWN_FINGERPRINT = 12
+MAX_IDEMPOTENCY_KEY_LENGTH = 128
 
 
 def sampling_of(source_count: int, n: int) -> Sampling:
@@ -91,6 +94,29 @@ class DocumentCollector:
         return self._documents
 
 
+def validate_idempotency_key(key: str) -> str:
+    """`key` if it is "" (none) or 1..128 printable ASCII characters; else INVALID_ARGUMENT."""
+    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not all("!" <= char <= "~" for char in key):
+        raise InvalidArgumentError(
+            f"invalid idempotency key {key[:40]!r}: use 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} "
+            "printable ASCII characters without spaces (a UUID is a good choice)"
+        )
+    return key
+
+
+def request_fingerprint(
+    *, prompt: str, seed: int, replace: bool, activate: bool, documents: Sequence[str]
+) -> str:
+    """SHA-256 of a create's options and documents: equal for the tries of one create."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([prompt, seed, replace, activate, len(documents)]).encode())
+    for document in documents:
+        encoded = document.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "little"))
+        digest.update(encoded)
+    return digest.hexdigest()
+
+
 def build_context_set(
     *,
     name: str,
@@ -101,6 +127,8 @@ def build_context_set(
     sampling: Sampling,
     model_fingerprint: str,
     created_at: datetime | None = None,
+    idempotency_key: str = "",
+    request_fingerprint: str = "",
 ) -> StoredContextSet:
     """The record to store: one embedding row per sampled document, context id computed.
 
@@ -125,6 +153,8 @@ def build_context_set(
         context_id=context_id(matrix),
         embeddings=matrix,
         documents=tuple(documents),
+        idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint,
     )
 
 

@@ -19,6 +19,8 @@ from cde_server.stores.base import (
     RevisionHistory,
     Store,
     StoredContextSet,
+    StoreQuota,
+    StoreUsage,
 )
 
 
@@ -60,8 +62,9 @@ class TenantStore:
         replace: bool,
         activate: bool = True,
         keep: int = DEFAULT_REVISIONS_KEPT,
+        quota: StoreQuota | None = None,
     ) -> StoredContextSet:
-        """See `Store.create_context_set`."""
+        """See `Store.create_context_set` (`quota` applies to this tenant's sets)."""
         name = context_set.name
         with self._bare_errors(name):
             stored = await self._store.create_context_set(
@@ -69,6 +72,7 @@ class TenantStore:
                 replace=replace,
                 activate=activate,
                 keep=keep,
+                quota=quota,
             )
         return dataclasses.replace(stored, name=name)
 
@@ -117,6 +121,10 @@ class TenantStore:
         """See `Store.delete_context_set`."""
         with self._bare_errors(name):
             await self._store.delete_context_set(self._key(name), revision=revision)
+
+    async def usage(self, namespace: str = "") -> StoreUsage:
+        """This tenant's usage (`namespace` is ignored)."""
+        return await self._store.usage(self.tenant)
 
     async def list_prompts(self, *, namespace: str | None = None) -> dict[str, str]:
         """This tenant's custom prompts (`namespace` is ignored)."""

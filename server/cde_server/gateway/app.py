@@ -57,6 +57,7 @@ class Gateway:
             settings.triton_endpoints,
             timeout_s=settings.triton_timeout_s,
             embed_path=settings.embed_path,
+            tokenizer=settings.gateway_tokenizer,
             observer=self.metrics,
             tls=_triton_tls(settings),
             secret=None

@@ -280,6 +280,7 @@ async def _read_options(requests: AsyncIterator[pb.CreateContextSetRequest]) -> 
         replace=options.replace,
         seed=options.seed if options.HasField("seed") else None,
         activate=options.activate if options.HasField("activate") else True,
+        idempotency_key=options.idempotency_key,
     )
 
 

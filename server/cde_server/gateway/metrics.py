@@ -91,6 +91,25 @@ class GatewayMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.quota_refusals = Counter(
+            "cde_gateway_quota_refusals",
+            "Context-set creates refused by a tenant quota (context_sets, stored_bytes)",
+            ["quota"],
+            registry=self.registry,
+        )
+        self.tenant_context_sets = Gauge(
+            "cde_gateway_tenant_context_sets",
+            "Context sets a tenant holds (updated when it creates or deletes one)",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self.tenant_stored_bytes = Gauge(
+            "cde_gateway_tenant_stored_bytes",
+            "Bytes of a tenant's retained context-set revisions, as its quota counts them "
+            "(updated when it creates or deletes one)",
+            ["tenant"],
+            registry=self.registry,
+        )
         self.healthy = Gauge(
             "cde_gateway_serving",
             "1 when the store and at least one Triton endpoint are reachable",
@@ -133,6 +152,11 @@ class GatewayMetrics:
         """Record texts and tokens sent through a stage ("first" or "second")."""
         self.texts.labels(stage).inc(texts)
         self.tokens.labels(stage).inc(tokens)
+
+    def tenant_usage(self, tenant: str, context_sets: int, stored_bytes: int) -> None:
+        """Record what a tenant holds in the store."""
+        self.tenant_context_sets.labels(tenant).set(context_sets)
+        self.tenant_stored_bytes.labels(tenant).set(stored_bytes)
 
     # --- HTTP endpoint ------------------------------------------------------------------------
     def serve(self, host: str, port: int) -> int:

@@ -39,7 +39,14 @@ from cde_server.gateway.metrics import GatewayMetrics
 from cde_server.gateway.settings import GatewaySettings
 from cde_server.inference.interface import ContextRef, Encoded, Inference, ServedModelInfo
 from cde_server.inference.served_model import ServedModel
-from cde_server.stores.base import ContextSetSummary, RevisionHistory, Store
+from cde_server.stores.base import (
+    ContextSetSummary,
+    QuotaExceededError,
+    RevisionHistory,
+    Store,
+    StoreQuota,
+    idempotency_mismatch_error,
+)
 
 FloatMatrix = npt.NDArray[np.float32]
 
@@ -90,6 +97,8 @@ class ContextSetInput:
     replace: bool = False
     seed: int | None = None
     activate: bool = True
+    idempotency_key: str = ""
+    """Retries of one create send the same key ("": none; see `create_context_set`)."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,10 @@ class EmbeddingService:
         self._metrics = metrics
         self._limiter = limiter
         self._open_streams = 0
+        self._quota = StoreQuota(
+            max_context_sets=settings.max_context_sets_per_tenant,
+            max_stored_bytes=settings.max_stored_bytes_per_tenant,
+        )
 
     def _store_of(self, call: ActiveCall) -> TenantStore:
         """The store as the call's tenant sees it (its own context sets and prompts)."""
@@ -293,12 +306,20 @@ class EmbeddingService:
         options: ContextSetInput,
         document_batches: AsyncIterator[Sequence[str]],
     ) -> ContextSetView:
-        """Collect the documents, sample N, embed them with stage 1, store the set."""
+        """Collect the documents, sample N, embed them with stage 1, store the set.
+
+        With an idempotency key, a retained revision made by an earlier try of the same
+        create (same key, options and documents) is answered again instead of a new one.
+        """
         store = self._store_of(call)
         name = validate_context_set_name(options.name)
+        key = context_sets.validate_idempotency_key(options.idempotency_key)
         prompt = await self._prompts_of(call).resolve(options.prompt)
-        if not options.replace:
-            await self._refuse_existing(name, store)
+        earlier = await self._keyed_revision(store, name, key)
+        if earlier is None:
+            if not options.replace:
+                await self._refuse_existing(name, store)
+            await self._refuse_new_set_over_quota(name, store)
         collector = context_sets.DocumentCollector(
             max_documents=self.settings.max_context_documents,
             max_document_bytes=self.settings.max_text_bytes,
@@ -310,6 +331,20 @@ class EmbeddingService:
             raise InvalidArgumentError("no context documents were sent; send at least 1")
         info = await self._model.info()
         seed = DEFAULT_SEED if options.seed is None else options.seed
+        fingerprint = ""
+        if key:
+            fingerprint = context_sets.request_fingerprint(
+                prompt=prompt.name,
+                seed=seed,
+                replace=options.replace,
+                activate=options.activate,
+                documents=collector.documents,
+            )
+        if earlier is not None:
+            if earlier.request_fingerprint != fingerprint:
+                raise idempotency_mismatch_error(name, key, earlier.revision)
+            active = (await store.get_summary(name)).revision
+            return ContextSetView(earlier, info.fingerprint, active_revision=active)
         documents, sampling = context_sets.sample_documents(
             collector.documents, info.corpus_size, seed
         )
@@ -322,17 +357,58 @@ class EmbeddingService:
             source_document_count=len(collector.documents),
             sampling=sampling,
             model_fingerprint=info.fingerprint,
+            idempotency_key=key,
+            request_fingerprint=fingerprint,
         )
-        stored = await store.create_context_set(
-            record,
-            replace=options.replace,
-            activate=options.activate,
-            keep=self.settings.context_revisions_kept,
-        )
+        try:
+            stored = await store.create_context_set(
+                record,
+                replace=options.replace,
+                activate=options.activate,
+                keep=self.settings.context_revisions_kept,
+                quota=self._quota,
+            )
+        except QuotaExceededError as exc:
+            self._metrics.quota_refusals.labels(exc.quota).inc()
+            raise
+        await self._observe_usage(call.tenant, store)
         active = stored.revision
         if not options.activate:
             active = (await store.get_summary(name)).revision
         return ContextSetView(stored.summary(), info.fingerprint, active_revision=active)
+
+    @staticmethod
+    async def _keyed_revision(store: TenantStore, name: str, key: str) -> ContextSetSummary | None:
+        """The retained revision an earlier try of a keyed create made (None: none yet)."""
+        if not key:
+            return None
+        try:
+            history = await store.get_revisions(name)
+        except NotFoundError:
+            return None
+        keyed = [r for r in history.revisions if r.idempotency_key == key]
+        return keyed[-1] if keyed else None
+
+    async def _refuse_new_set_over_quota(self, name: str, store: TenantStore) -> None:
+        """Fail fast, before the documents are embedded, when the tenant already holds its
+        quota of sets and `name` would be a new one (the store still decides atomically)."""
+        limit = self._quota.max_context_sets
+        if not limit:
+            return
+        usage = await store.usage()
+        if usage.context_sets < limit:
+            return
+        with contextlib.suppress(NotFoundError):
+            await store.get_summary(name)
+            return  # a new revision of an existing set adds no set
+        self._metrics.quota_refusals.labels("context_sets").inc()
+        raise QuotaExceededError("context_sets", usage=usage.context_sets, needed=1, limit=limit)
+
+    async def _observe_usage(self, tenant: str, store: TenantStore) -> None:
+        """Refresh the tenant's usage gauges (best effort: the write already succeeded)."""
+        with contextlib.suppress(UnavailableError):
+            usage = await store.usage()
+            self._metrics.tenant_usage(tenant, usage.context_sets, usage.stored_bytes)
 
     @staticmethod
     async def _refuse_existing(name: str, store: TenantStore) -> None:
@@ -413,7 +489,9 @@ class EmbeddingService:
         """Delete a set, or one inactive revision given as `name@N` (NOT_FOUND if absent;
         FAILED_PRECONDITION for the active revision alone)."""
         reference: ContextSetReference = parse_context_set_reference(name)
-        await self._store_of(call).delete_context_set(reference.name, revision=reference.revision)
+        store = self._store_of(call)
+        await store.delete_context_set(reference.name, revision=reference.revision)
+        await self._observe_usage(call.tenant, store)
 
     # --- prompts ------------------------------------------------------------------------------
     async def list_prompts(self, call: ActiveCall) -> list[Prompt]:

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 EmbedPath = Literal["ensemble", "direct"]
+GatewayTokenizer = Literal["auto", "off"]
 
 
 def default_state_dir() -> Path:
@@ -74,7 +75,13 @@ class GatewaySettings(BaseSettings):
     )
     embed_path: EmbedPath = Field(
         default="direct",
-        description="ensemble: cde_embed; direct: cde_tokenize then cde_second_stage",
+        description="ensemble: cde_embed; direct: tokenize (see gateway_tokenizer), then "
+        "cde_second_stage",
+    )
+    gateway_tokenizer: GatewayTokenizer = Field(
+        default="auto",
+        description="direct path: auto tokenizes in the gateway with the tokenizer Triton's "
+        "cde_model_info hands out (else cde_tokenize); off always calls cde_tokenize",
     )
     metrics_port: int | None = Field(
         default=9464, ge=0, le=65535, description="Prometheus /metrics HTTP port (off: disabled)"
@@ -110,6 +117,18 @@ class GatewaySettings(BaseSettings):
         default=64 * 1024 * 1024,
         ge=1,
         description="UTF-8 bytes of all documents in one CreateContextSet",
+    )
+    max_context_sets_per_tenant: int = Field(
+        default=1000,
+        ge=0,
+        description="context sets one tenant may hold (0: no limit); a create of a new name "
+        "beyond it is RESOURCE_EXHAUSTED",
+    )
+    max_stored_bytes_per_tenant: int = Field(
+        default=1024 * 1024 * 1024,
+        ge=0,
+        description="bytes one tenant's retained context-set revisions may take in the store "
+        "(embeddings, documents, sample; 0: no limit); a create beyond it is RESOURCE_EXHAUSTED",
     )
     max_concurrent_streams: int = Field(
         default=64,

@@ -135,6 +135,26 @@ ERROR_TABLE: tuple[ErrorCase, ...] = (
     ErrorCase("CreateContextSet: name exists and replace is false",
               grpc.StatusCode.ALREADY_EXISTS,
               'context set "docs" already exists; use replace to rebuild it'),
+    ErrorCase("CreateContextSet: an idempotency key (or HTTP Idempotency-Key) that is not 1 to "
+              "128 printable ASCII characters", grpc.StatusCode.INVALID_ARGUMENT,
+              "invalid idempotency key 'a b': use 1 to 128 printable ASCII characters without "
+              "spaces (a UUID is a good choice)"),
+    ErrorCase("CreateContextSet: an idempotency key the set's retained revisions carry, with "
+              "other options or documents", grpc.StatusCode.FAILED_PRECONDITION,
+              'idempotency key "k1" was already used for a different create of context set '
+              '"docs" (revision 3); use a new key for a new create'),
+    ErrorCase("CreateContextSet: a new set beyond CDE_MAX_CONTEXT_SETS_PER_TENANT (not "
+              "retryable until the tenant deletes one; no retry-after)",
+              grpc.StatusCode.RESOURCE_EXHAUSTED,
+              "quota exceeded: this tenant has 1000 context sets and its limit is 1000; delete a "
+              "context set before creating another (retrying will not help until then)"),
+    ErrorCase("CreateContextSet: a revision that would take the tenant's stored bytes past "
+              "CDE_MAX_STORED_BYTES_PER_TENANT (after pruning; not retryable until it frees "
+              "space; no retry-after)", grpc.StatusCode.RESOURCE_EXHAUSTED,
+              "quota exceeded: this tenant's context sets use 1073000000 bytes and the new "
+              "revision needs 1600000 more, over its limit of 1073741824 stored bytes; delete "
+              'context sets or old revisions ("name@N") to free space (retrying will not help '
+              "until then)"),
     ErrorCase("PutPrompt/DeletePrompt on a built-in prompt", grpc.StatusCode.INVALID_ARGUMENT,
               'prompt "query" is built in and cannot be changed; use another name'),
     ErrorCase("Prompt text over 1024 bytes", grpc.StatusCode.INVALID_ARGUMENT,

@@ -1,19 +1,21 @@
-"""The direct path: `cde_tokenize`, then `cde_first_stage` or `cde_second_stage`.
+"""The direct path: tokenize, then `cde_first_stage` or `cde_second_stage`.
 
-No ensemble overhead, truncation is checked before the expensive stage, and a cache-miss
-retry does not tokenize again.
+Texts are tokenized in the gateway when it has the served tokenizer (`LocalTokenizer`, fetched
+from Triton), else by `cde_tokenize`. No ensemble overhead, truncation is checked before the
+expensive stage, and a cache-miss retry does not tokenize again.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
 
 from cde_server.inference.cache_miss import ContextPrimer
 from cde_server.inference.deadlines import Deadline
 from cde_server.inference.interface import ContextRef, Encoded, FloatMatrix
+from cde_server.inference.local_tokenizer import LocalTokenizer
 from cde_server.inference.tensors import (
     Infer,
     TokenizedTexts,
@@ -36,12 +38,24 @@ class DirectPath:
     embed_models = (tp.TOKENIZE_MODEL, tp.SECOND_STAGE_MODEL)
     context_models = (tp.TOKENIZE_MODEL, tp.FIRST_STAGE_MODEL)
 
-    def __init__(self, infer: Infer, primer: ContextPrimer) -> None:
+    def __init__(
+        self,
+        infer: Infer,
+        primer: ContextPrimer,
+        local_tokenizer: Callable[[Deadline], Awaitable[LocalTokenizer | None]] | None = None,
+    ) -> None:
+        """`local_tokenizer`: the gateway's copy of the served tokenizer, if there is one (None:
+        `cde_tokenize` always tokenizes)."""
         self._infer = infer
         self._primer = primer
+        self._local_tokenizer = local_tokenizer
 
     async def tokenize(self, texts: Sequence[str], deadline: Deadline) -> TokenizedTexts:
-        """Token ids of `texts`, chunk by chunk."""
+        """Token ids of `texts`: in the gateway when it can, else by `cde_tokenize`, chunk by
+        chunk."""
+        local = await self._local_tokenizer(deadline) if self._local_tokenizer else None
+        if local is not None:
+            return await local.tokenize(texts)
         parts = await asyncio.gather(
             *(self._tokenize_chunk(texts[s : s + tp.MAX_BATCH_ROWS], deadline)
               for s in chunk_starts(len(texts)))

@@ -70,9 +70,11 @@ class TritonPool:
         observer: InferenceObserver | None = None,
         tls: TritonTls | None = None,
         secret: str | None = None,
+        tokenizer: str = "auto",
     ) -> None:
         """One endpoint per host:port in `urls` (distinct); all start marked up. `secret`: what
-        restricted Tritons require."""
+        restricted Tritons require; `tokenizer`: where the direct path tokenizes (see
+        `TritonEndpoint`)."""
         if not urls or len(set(urls)) != len(urls):
             raise ValueError(f"need distinct Triton endpoints, got {list(urls)}")
         self._timeout_s = timeout_s
@@ -87,6 +89,7 @@ class TritonPool:
                     observer=self._observer,
                     tls=tls,
                     secret=secret,
+                    tokenizer=tokenizer,
                 ),
             )
             for url in urls

@@ -1,9 +1,12 @@
 """The gateway's async client of one Triton server (tritonclient.grpc.aio).
 
 `TritonEndpoint` owns the channel, turns Triton's failures into the gateway's errors and
-embeds through one of two paths, chosen by `embed_path`: `DirectPath` (`cde_tokenize`, then a
-stage model) or `EnsemblePath` (`cde_embed` / `cde_context`). Both use the cache-miss protocol
-of `cache_miss`.
+embeds through one of two paths, chosen by `embed_path`: `DirectPath` (tokenize, then a stage
+model) or `EnsemblePath` (`cde_embed` / `cde_context`). Both use the cache-miss protocol of
+`cache_miss`. With `tokenizer="auto"` the direct path tokenizes in the gateway with the
+tokenizer `cde_model_info` hands out (fetched on first use, again when the served model's
+fingerprint changes); a repository that does not hand it out, or `tokenizer="off"`, keeps
+`cde_tokenize`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from cde_server.inference.interface import (
     NullObserver,
     ServedModelInfo,
 )
+from cde_server.inference.local_tokenizer import LocalTokenizer
 from cde_server.triton import protocol as tp
 
 logger = logging.getLogger("cde_server.inference.triton_endpoint")
@@ -74,8 +78,10 @@ class TritonEndpoint:
         observer: InferenceObserver | None = None,
         tls: TritonTls | None = None,
         secret: str | None = None,
+        tokenizer: str = "auto",
     ) -> None:
-        """`secret`: what a restricted Triton requires (sent with every call)."""
+        """`secret`: what a restricted Triton requires (sent with every call); `tokenizer`:
+        "auto" (tokenize in the gateway when Triton hands out its tokenizer) or "off"."""
         self.url = url
         self._headers = tp.secret_headers(secret)
         self._timeout_s = timeout_s
@@ -100,7 +106,12 @@ class TritonEndpoint:
             ],
         )
         primer = ContextPrimer(self._observer)
-        self._direct = DirectPath(self._infer, primer)  # also for pre-tokenized input
+        self._local: LocalTokenizer | None = None
+        self._local_known = False  # whether _local is what the served model hands out
+        self._local_lock = asyncio.Lock()
+        self._direct = DirectPath(  # also for pre-tokenized input
+            self._infer, primer, self._local_tokenizer if tokenizer == "auto" else None
+        )
         self._path: DirectPath | EnsemblePath = (
             self._direct if embed_path == "direct" else EnsemblePath(self._infer, primer)
         )
@@ -135,20 +146,47 @@ class TritonEndpoint:
 
     async def model_info(self, timeout_s: float | None = None) -> ServedModelInfo:
         """The served model's name, fingerprint and sizes, from `cde_model_info`."""
-        request = InferInput(tp.REQUEST, [1], "BYTES")
-        request.set_data_from_numpy(np.array([b"info"], dtype=np.object_))
         deadline = Deadline.within(timeout_s, self._timeout_s)
-        result = await self._infer(tp.MODEL_INFO_MODEL, [request], [tp.INFO], deadline.remaining())
+        value = await self._model_info_answer(b"info", deadline)
+        try:
+            info = ServedModelInfo.from_json(value)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InternalError(f"cde_model_info returned malformed INFO: {exc}") from exc
+        if self._local is not None and self._local.fingerprint != info.fingerprint:
+            self._local_known = False  # another model now: fetch its tokenizer again
+        return info
+
+    async def _model_info_answer(self, request: bytes, deadline: Deadline) -> bytes:
+        """`cde_model_info`'s INFO for REQUEST `request`."""
+        tensor = InferInput(tp.REQUEST, [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([request], dtype=np.object_))
+        result = await self._infer(tp.MODEL_INFO_MODEL, [tensor], [tp.INFO], deadline.remaining())
         raw = result.as_numpy(tp.INFO)
         if raw is None or raw.size != 1:
             raise InternalError("cde_model_info returned no INFO")
         value = raw.reshape(-1)[0]
+        return value if isinstance(value, bytes) else str(value).encode()
+
+    async def _local_tokenizer(self, deadline: Deadline) -> LocalTokenizer | None:
+        """The served tokenizer, fetched from `cde_model_info` once (None: Triton tokenizes)."""
+        if self._local_known:
+            return self._local
+        async with self._local_lock:
+            if not self._local_known:
+                answer = await self._model_info_answer(tp.TOKENIZER_REQUEST, deadline)
+                self._local = self._tokenizer_of(answer)
+                self._local_known = True
+        return self._local
+
+    def _tokenizer_of(self, answer: bytes) -> LocalTokenizer | None:
         try:
-            return ServedModelInfo.from_json(
-                value if isinstance(value, bytes) else str(value).encode()
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InternalError(f"cde_model_info returned malformed INFO: {exc}") from exc
+            local = LocalTokenizer.from_info(answer)
+        except Exception as exc:  # tokenizers raises its own types for a malformed file
+            logger.warning("unusable tokenizer from %s (%s): cde_tokenize tokenizes", self.url, exc)
+            return None
+        if local is None:
+            logger.info("%s hands out no tokenizer: cde_tokenize tokenizes", self.url)
+        return local
 
     async def reload_model(self, model: str, timeout_s: float = 60.0) -> bool:
         """Unload and load `model` (new stubs), then any ensemble that stopped being ready;

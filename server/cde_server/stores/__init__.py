@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlsplit, urlunsplit
 
 from cde_server.errors import StoreUnavailableError
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+logger = logging.getLogger("cde_server.stores")
 
 
 def redacted_url(url: str) -> str:
@@ -51,13 +53,23 @@ def sqlite_path(url: str) -> str:
 async def open_store(url: str) -> Store:
     """Open the store named by `url` (see the module docstring).
 
-    SQLite opens (and creates) the file at once; Redis connects lazily, so call `ping()`
-    to check it. Unusable URLs or files raise `StoreUnavailableError`.
+    SQLite opens (and creates, or migrates in place) the file at once. Redis connects
+    lazily, so call `ping()` to check it; revisions written before schema version 3 are
+    compacted here when Redis answers (else at a later open). Unusable URLs or files raise
+    `StoreUnavailableError`.
     """
     if url.startswith(_REDIS_SCHEMES):
         from cde_server.stores.redis import RedisStore
 
-        return RedisStore.from_url(url)
+        store = RedisStore.from_url(url)
+        try:  # best effort: both layouts are readable, a later start finishes the job
+            upgraded = await store.upgrade_layout()
+        except StoreUnavailableError as exc:
+            logger.warning("Redis layout upgrade postponed (next start): %s", exc.message)
+        else:
+            if upgraded:
+                logger.info("upgraded %d Redis context-set revisions to compact form", upgraded)
+        return store
     if "://" in url and not url.startswith("sqlite://"):
         raise StoreUnavailableError(
             f"unsupported store URL {url!r}: use sqlite:///path/to/file.db or redis://host:port/0"

@@ -10,7 +10,7 @@ from typing import Literal, Protocol, get_args
 import numpy as np
 import numpy.typing as npt
 
-from cde_server.errors import FailedPreconditionError, NotFoundError
+from cde_server.errors import FailedPreconditionError, NotFoundError, ResourceExhaustedError
 
 Sampling = Literal["exact", "subsampled", "oversampled"]
 SAMPLINGS: tuple[str, ...] = get_args(Sampling)
@@ -31,6 +31,10 @@ class ContextSetSummary:
     context_id: str
     context_size: int
     embedding_dim: int
+    idempotency_key: str = ""
+    """The key of the create that made this revision ("": none)."""
+    request_fingerprint: str = ""
+    """Hash of that create's request (options and documents), to recognize its retries."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,7 +44,8 @@ class StoredContextSet:
     `embeddings` is normalized to a read-only C-contiguous float32 [N, hidden] array.
     `documents` is empty when the set was read without them. `revision` is assigned by the
     store (1 for a new set, the highest number the name ever had + 1 on replace); the value
-    passed to create is ignored. A stored revision never changes.
+    passed to create is ignored. A stored revision never changes. `idempotency_key` and
+    `request_fingerprint` identify the create that made it (see `Store.create_context_set`).
     """
 
     name: str
@@ -53,6 +58,8 @@ class StoredContextSet:
     context_id: str
     embeddings: npt.NDArray[np.float32]
     documents: tuple[str, ...] = ()
+    idempotency_key: str = ""
+    request_fingerprint: str = ""
 
     def __post_init__(self) -> None:
         embeddings = np.ascontiguousarray(self.embeddings, dtype=np.float32)
@@ -91,6 +98,8 @@ class StoredContextSet:
             context_id=self.context_id,
             context_size=self.context_size,
             embedding_dim=self.embedding_dim,
+            idempotency_key=self.idempotency_key,
+            request_fingerprint=self.request_fingerprint,
         )
 
     def with_revision(self, revision: int) -> StoredContextSet:
@@ -141,7 +150,88 @@ def active_revision_error(name: str, revision: int) -> FailedPreconditionError:
     )
 
 
+def idempotency_mismatch_error(name: str, key: str, revision: int) -> FailedPreconditionError:
+    """FAILED_PRECONDITION for an idempotency key reused with a different request."""
+    return FailedPreconditionError(
+        f'idempotency key "{key}" was already used for a different create of context set '
+        f'"{name}" (revision {revision}); use a new key for a new create'
+    )
+
+
+@dataclass(frozen=True)
+class StoreQuota:
+    """Per-tenant limits a create must stay within (0: no limit)."""
+
+    max_context_sets: int = 0
+    max_stored_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class StoreUsage:
+    """What one tenant (namespace) holds: context sets, and the bytes of all their retained
+    revisions (distinct embedding rows, documents and sample indices)."""
+
+    context_sets: int
+    stored_bytes: int
+
+
+QuotaName = Literal["context_sets", "stored_bytes"]
+
+
+class QuotaExceededError(ResourceExhaustedError):
+    """A create would take the tenant past one of its `StoreQuota` limits (no retry hint:
+    it lasts until the tenant frees space)."""
+
+    def __init__(self, quota: QuotaName, *, usage: int, needed: int, limit: int) -> None:
+        if quota == "context_sets":
+            message = (
+                f"quota exceeded: this tenant has {usage} context sets and its limit is "
+                f"{limit}; delete a context set before creating another (retrying will not "
+                "help until then)"
+            )
+        else:
+            message = (
+                f"quota exceeded: this tenant's context sets use {usage} bytes and the new "
+                f"revision needs {needed} more, over its limit of {limit} stored bytes; delete "
+                'context sets or old revisions ("name@N") to free space (retrying will not '
+                "help until then)"
+            )
+        super().__init__(message)
+        self.quota: QuotaName = quota
+        self.usage = usage
+        self.needed = needed
+        self.limit = limit
+
+
+def check_quota(quota: StoreQuota | None, before: StoreUsage, after: StoreUsage) -> None:
+    """`QuotaExceededError` when `after` is past a limit of `quota` and grew from `before`."""
+    if quota is None:
+        return
+    sets_limit, bytes_limit = quota.max_context_sets, quota.max_stored_bytes
+    if sets_limit and after.context_sets > sets_limit and after.context_sets > before.context_sets:
+        raise QuotaExceededError(
+            "context_sets", usage=before.context_sets, needed=1, limit=sets_limit
+        )
+    if (
+        bytes_limit
+        and after.stored_bytes > bytes_limit
+        and after.stored_bytes > before.stored_bytes
+    ):
+        raise QuotaExceededError(
+            "stored_bytes",
+            usage=before.stored_bytes,
+            needed=after.stored_bytes - before.stored_bytes,
+            limit=bytes_limit,
+        )
+
+
 NAMESPACE_SEPARATOR = "/"
+
+
+def namespace_of(name: str) -> str:
+    """The namespace (tenant) of a stored name: "t" for "t/docs", "" for a bare name."""
+    namespace, separator, _ = name.partition(NAMESPACE_SEPARATOR)
+    return namespace if separator else ""
 
 
 def in_namespace(name: str, namespace: str | None) -> bool:
@@ -166,6 +256,7 @@ class Store(Protocol):
         replace: bool,
         activate: bool = True,
         keep: int = DEFAULT_REVISIONS_KEPT,
+        quota: StoreQuota | None = None,
     ) -> StoredContextSet:
         """Store a new immutable revision atomically; returns it with its number.
 
@@ -174,6 +265,12 @@ class Store(Protocol):
         revision of a set is always active; a later one becomes active when `activate`
         (readers of the name see the old or the new revision, never a mix). Afterwards
         inactive revisions beyond the `keep` highest numbers are pruned (never the active).
+
+        When `context_set.idempotency_key` is set and a retained revision of the name has
+        that key, nothing is written: that revision is returned if its request fingerprint
+        is the same, else `FailedPreconditionError` (`idempotency_mismatch_error`). A create
+        that would take the name's namespace past `quota` (after pruning) writes nothing and
+        raises `QuotaExceededError`.
         """
         ...
 
@@ -215,6 +312,10 @@ class Store(Protocol):
         """Delete the whole set, or one inactive revision; `NotFoundError` if absent,
         `FailedPreconditionError` for the active revision alone. Numbers are never reused,
         not even after the whole set was deleted."""
+        ...
+
+    async def usage(self, namespace: str) -> StoreUsage:
+        """What `namespace` ("" : the bare names) holds, as the quotas count it."""
         ...
 
     async def list_prompts(self, *, namespace: str | None = None) -> dict[str, str]:

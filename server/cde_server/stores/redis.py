@@ -1,16 +1,21 @@
 """Redis store: context sets shared by several gateways.
 
 Key layout (`prefix` defaults to "cde:"; a tenant's names are "tenant/name", see tenancy):
-- `{prefix}context_set:{name}`: hash of the set's ACTIVE revision, with `meta` (JSON),
-  `revision`, `embeddings` (float32 little-endian bytes) and `documents` (JSON array).
+- `{prefix}context_set:{name}`: hash of the set's ACTIVE revision, with `meta` (JSON, also
+  the idempotency key and request fingerprint of the create that made it), `revision`, and
+  the compact payload (`records.Compacted`): `embeddings` (distinct float32 little-endian
+  rows), `documents` (JSON array of the distinct documents) and `sample` (uint32 indices).
 - `{prefix}context_revision:{name}@{N}`: hash of the same fields for an inactive retained
   revision N; `{prefix}context_revisions:{name}`: sorted set of those numbers (score N).
 - `{prefix}context_revision_counters`: hash name → highest revision number ever given
   (kept after a delete, so numbers are never reused; absent: the active `revision`).
 - `{prefix}context_sets`: sorted set of names (all score 0) for lexicographic paging.
 - `{prefix}prompts`: hash of custom prompt name → text.
-The layout before revisions (one hash per name) is this layout with no inactive revision,
-so existing databases need no migration. Activation swaps hashes with RENAME (no copy).
+Older layouts are this one without `sample` (N rows, N documents; before revisions also
+without inactive revisions): they stay readable, and `upgrade_layout` (run by `open_store`)
+rewrites them in compact form in place. Activation swaps hashes with RENAME (no copy).
+A tenant's usage (for its quota) is summed by the create script itself from HSTRLEN of the
+payload fields of every retained revision of its names, so it needs no counter to keep.
 Create, activate, prune and delete run as Lua scripts, so they are atomic for every reader
 and writer; a read of one set by name is a single HMGET, and by name@N one read-only script
 call, so it never sees half a replace.
@@ -21,10 +26,11 @@ lost): callers must treat its outcome as unknown; retrying is safe.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -45,10 +51,17 @@ from cde_server.stores.base import (
     ContextSetSummary,
     RevisionHistory,
     StoredContextSet,
+    StoreQuota,
+    StoreUsage,
     active_revision_error,
+    check_quota,
+    idempotency_mismatch_error,
     in_namespace,
     missing_revision_error,
+    namespace_of,
 )
+
+logger = logging.getLogger("cde_server.stores.redis")
 
 DEFAULT_PREFIX = "cde:"
 DEFAULT_SOCKET_TIMEOUT_S = 2.0
@@ -66,53 +79,160 @@ _RETRY_BROKEN_CONNECTIONS_ONCE = Retry(
 # OP_MARKER_TTL_S seconds) makes the retry return the first run's result instead of, say,
 # ALREADY_EXISTS for the caller's own create.
 
-# KEYS: active hash, names zset, inactive zset, counters hash, op marker. ARGV: name,
-# replace ("1"/"0"), activate ("1"/"0"), meta, embeddings, documents, marker TTL, revisions
-# kept, revision key prefix. Returns the new revision, or -1 when the name exists and replace
-# is "0". Afterwards inactive revisions below the `kept` highest numbers are deleted.
-_CREATE_SCRIPT = """
-local done = redis.call('GET', KEYS[5])
-if done then
-    return tonumber(done)
+# Lua helpers of the create and usage scripts. ARGV[1..3] of those scripts: the key prefixes
+# of active hashes ("{prefix}context_set:"), of inactive zsets ("{prefix}context_revisions:")
+# and of inactive revision hashes ("{prefix}context_revision:"); KEYS[2] is the names zset.
+_USAGE_FUNCTIONS = """
+local function revision_bytes(key)
+    return redis.call('HSTRLEN', key, 'embeddings') + redis.call('HSTRLEN', key, 'documents')
+        + redis.call('HSTRLEN', key, 'sample')
 end
-local active = tonumber(redis.call('HGET', KEYS[1], 'revision'))
-if active and ARGV[2] ~= '1' then
-    return -1
-end
-local revision = math.max(tonumber(redis.call('HGET', KEYS[4], ARGV[1])) or 0, active or 0) + 1
-redis.call('HSET', KEYS[4], ARGV[1], revision)
-local target = KEYS[1]
-if active and ARGV[3] == '1' then
-    redis.call('RENAME', KEYS[1], ARGV[9] .. active)
-    redis.call('ZADD', KEYS[3], active, active)
-    active = revision
-elseif active then
-    target = ARGV[9] .. revision
-    redis.call('ZADD', KEYS[3], revision, revision)
-else
-    active = revision
-end
-redis.call('HSET', target, 'meta', ARGV[4], 'revision', revision,
-           'embeddings', ARGV[5], 'documents', ARGV[6])
-local inactive = redis.call('ZRANGE', KEYS[3], 0, -1)
-local numbers = {active}
-for _, member in ipairs(inactive) do
-    numbers[#numbers + 1] = tonumber(member)
-end
-table.sort(numbers, function(a, b) return a > b end)
-local keep = math.max(tonumber(ARGV[8]), 1)
-if #numbers > keep then
-    local lowest_kept = numbers[keep]
-    for _, member in ipairs(inactive) do
-        if tonumber(member) < lowest_kept then
-            redis.call('DEL', ARGV[9] .. member)
-            redis.call('ZREM', KEYS[3], member)
+local function namespace_names(namespace)
+    if namespace ~= '' then
+        return redis.call('ZRANGE', KEYS[2], '[' .. namespace .. '/', '(' .. namespace .. '0',
+                          'BYLEX')
+    end
+    local names = {}
+    for _, name in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+        if not string.find(name, '/', 1, true) then
+            names[#names + 1] = name
         end
     end
+    return names
 end
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-redis.call('SET', KEYS[5], revision, 'EX', ARGV[7])
-return revision
+local function usage(namespace)
+    local names = namespace_names(namespace)
+    local total = 0
+    for _, name in ipairs(names) do
+        total = total + revision_bytes(ARGV[1] .. name)
+        for _, member in ipairs(redis.call('ZRANGE', ARGV[2] .. name, 0, -1)) do
+            total = total + revision_bytes(ARGV[3] .. name .. '@' .. member)
+        end
+    end
+    return #names, total
+end
+"""
+
+# KEYS: unused, names zset. ARGV: the three key prefixes, namespace. Returns {sets, bytes}.
+_USAGE_SCRIPT = (
+    _USAGE_FUNCTIONS
+    + """
+local sets, total = usage(ARGV[4])
+return {sets, total}
+"""
+)
+
+# KEYS: active hash, names zset, inactive zset, counters hash, op marker. ARGV: the three key
+# prefixes, name, replace ("1"/"0"), activate ("1"/"0"), meta, embeddings, documents, sample,
+# marker TTL, revisions kept, idempotency key ("": none), request fingerprint, max context
+# sets and max stored bytes of the name's namespace (0: no limit), namespace. Replies:
+# {"created", N}; {"replayed", N} (a retained revision has this idempotency key and
+# fingerprint; nothing written); {"key_mismatch", N} (it has this key, another fingerprint);
+# {"exists"} (the name exists and replace is "0"); {"quota", sets and bytes before, sets and
+# bytes after} (past a limit; nothing written). Inactive revisions below the `kept` highest
+# numbers are deleted; the bytes they free count for the quota.
+_CREATE_SCRIPT = (
+    _USAGE_FUNCTIONS
+    + """
+local done = redis.call('GET', KEYS[5])
+if done then
+    return {'created', tonumber(done)}
+end
+local name, prefix = ARGV[4], ARGV[3] .. ARGV[4] .. '@'
+local active = tonumber(redis.call('HGET', KEYS[1], 'revision'))
+local inactive = redis.call('ZRANGE', KEYS[3], 0, -1)
+if active and ARGV[13] ~= '' then
+    local earlier, fingerprint = nil, nil
+    local keys = {KEYS[1]}
+    for _, member in ipairs(inactive) do
+        keys[#keys + 1] = prefix .. member
+    end
+    for _, key in ipairs(keys) do
+        local fields = redis.call('HMGET', key, 'meta', 'revision')
+        if fields[1] then
+            local meta = cjson.decode(fields[1])
+            local number = tonumber(fields[2])
+            if meta['idempotency_key'] == ARGV[13] and (not earlier or number > earlier) then
+                earlier, fingerprint = number, meta['request_fingerprint']
+            end
+        end
+    end
+    if earlier then
+        return {fingerprint == ARGV[14] and 'replayed' or 'key_mismatch', earlier}
+    end
+end
+if active and ARGV[5] ~= '1' then
+    return {'exists'}
+end
+local revision = math.max(tonumber(redis.call('HGET', KEYS[4], name)) or 0, active or 0) + 1
+local new_active = revision
+if active and ARGV[6] ~= '1' then
+    new_active = active
+end
+local numbers = {revision}
+local key_of = {}
+for _, member in ipairs(inactive) do
+    numbers[#numbers + 1] = tonumber(member)
+    key_of[tonumber(member)] = prefix .. member
+end
+if active then
+    numbers[#numbers + 1] = active
+    key_of[active] = KEYS[1]
+end
+table.sort(numbers, function(a, b) return a > b end)
+local keep = math.max(tonumber(ARGV[12]), 1)
+local pruned = {}
+for index = keep + 1, #numbers do
+    if numbers[index] ~= new_active then
+        pruned[#pruned + 1] = numbers[index]
+    end
+end
+local max_sets, max_bytes = tonumber(ARGV[15]), tonumber(ARGV[16])
+if max_sets > 0 or max_bytes > 0 then
+    local sets, total = usage(ARGV[17])
+    local sets_after = sets + (active and 0 or 1)
+    local total_after = total + string.len(ARGV[8]) + string.len(ARGV[9]) + string.len(ARGV[10])
+    for _, number in ipairs(pruned) do
+        total_after = total_after - revision_bytes(key_of[number])
+    end
+    if (max_sets > 0 and sets_after > max_sets and sets_after > sets)
+        or (max_bytes > 0 and total_after > max_bytes and total_after > total) then
+        return {'quota', sets, total, sets_after, total_after}
+    end
+end
+redis.call('HSET', KEYS[4], name, revision)
+local target = KEYS[1]
+if active and new_active == revision then
+    redis.call('RENAME', KEYS[1], prefix .. active)
+    redis.call('ZADD', KEYS[3], active, active)
+elseif active then
+    target = prefix .. revision
+    redis.call('ZADD', KEYS[3], revision, revision)
+end
+redis.call('HSET', target, 'meta', ARGV[7], 'revision', revision, 'embeddings', ARGV[8],
+           'documents', ARGV[9], 'sample', ARGV[10])
+for _, number in ipairs(pruned) do
+    redis.call('DEL', prefix .. number)
+    redis.call('ZREM', KEYS[3], number)
+end
+redis.call('ZADD', KEYS[2], 0, name)
+redis.call('SET', KEYS[5], revision, 'EX', ARGV[11])
+return {'created', revision}
+"""
+)
+
+# KEYS: a revision hash. ARGV: its expected revision, then the compact embeddings, documents
+# and sample. Rewrites a hash of the layout before schema version 3 (N rows, N documents, no
+# sample) in compact form; 0 when it is compact already or holds another revision now.
+_COMPACT_SCRIPT = """
+if redis.call('HEXISTS', KEYS[1], 'sample') == 1 then
+    return 0
+end
+if redis.call('HGET', KEYS[1], 'revision') ~= ARGV[1] then
+    return 0
+end
+redis.call('HSET', KEYS[1], 'embeddings', ARGV[2], 'documents', ARGV[3], 'sample', ARGV[4])
+return 1
 """
 
 # KEYS: active hash, inactive zset. ARGV: revision, revision key prefix. Returns 1 when the
@@ -249,6 +369,13 @@ class RedisStore:
         self._read_revision_script = client.register_script(_READ_REVISION_SCRIPT)
         self._history_script = client.register_script(_HISTORY_SCRIPT)
         self._delete_prompt_script = client.register_script(_DELETE_PROMPT_SCRIPT)
+        self._usage_script = client.register_script(_USAGE_SCRIPT)
+        self._compact_script = client.register_script(_COMPACT_SCRIPT)
+        self._key_prefixes = [
+            f"{prefix}context_set:",
+            f"{prefix}context_revisions:",
+            f"{prefix}context_revision:",
+        ]
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -284,16 +411,27 @@ class RedisStore:
             ) from exc
 
     def _set_key(self, name: str) -> str:
-        return f"{self._prefix}context_set:{name}"
-
-    def _revision_prefix(self, name: str) -> str:
-        return f"{self._prefix}context_revision:{name}@"
+        return self._key_prefixes[0] + name
 
     def _inactive_key(self, name: str) -> str:
-        return f"{self._prefix}context_revisions:{name}"
+        return self._key_prefixes[1] + name
+
+    def _revision_prefix(self, name: str) -> str:
+        return f"{self._key_prefixes[2]}{name}@"
 
     def _op_key(self) -> str:
         return f"{self._prefix}op:{uuid.uuid4().hex}"
+
+    def _set_write_keys(self, name: str) -> list[str]:
+        """KEYS of the scripts that write a whole set: active hash, names zset, inactive
+        zset, counters hash, a fresh op marker."""
+        return [
+            self._set_key(name),
+            self._names_key,
+            self._inactive_key(name),
+            self._counters_key,
+            self._op_key(),
+        ]
 
     # -- context sets ---------------------------------------------------------------------
 
@@ -304,37 +442,89 @@ class RedisStore:
         replace: bool,
         activate: bool = True,
         keep: int = DEFAULT_REVISIONS_KEPT,
+        quota: StoreQuota | None = None,
     ) -> StoredContextSet:
         """Add a revision atomically; see `Store.create_context_set`."""
         name = context_set.name
+        payload = records.compact(context_set.embeddings, context_set.documents)
+        limits = quota or StoreQuota()
         async with self._guard():
-            revision = int(
-                await self._create_script(
-                    keys=[
-                        self._set_key(name),
-                        self._names_key,
-                        self._inactive_key(name),
-                        self._counters_key,
-                        self._op_key(),
-                    ],
-                    args=[
-                        name,
-                        "1" if replace else "0",
-                        "1" if activate else "0",
-                        records.encode_metadata(context_set),
-                        records.encode_embeddings(context_set.embeddings),
-                        records.encode_documents(context_set.documents),
-                        OP_MARKER_TTL_S,
-                        keep,
-                        self._revision_prefix(name),
-                    ],
-                )
+            reply = await self._create_script(
+                keys=self._set_write_keys(name),
+                args=[
+                    *self._key_prefixes,
+                    name,
+                    "1" if replace else "0",
+                    "1" if activate else "0",
+                    records.encode_metadata(context_set),
+                    payload.embeddings,
+                    payload.documents,
+                    payload.sample,
+                    OP_MARKER_TTL_S,
+                    keep,
+                    context_set.idempotency_key,
+                    context_set.request_fingerprint,
+                    limits.max_context_sets,
+                    limits.max_stored_bytes,
+                    namespace_of(name),
+                ],
             )
-        if revision < 0:
+        outcome, numbers = _text(reply[0]), [int(value) for value in reply[1:]]
+        if outcome == "created":
+            return context_set.with_revision(numbers[0])
+        if outcome == "replayed":
+            return await self.get_context_set(name, revision=numbers[0], with_documents=True)
+        if outcome == "key_mismatch":
+            raise idempotency_mismatch_error(name, context_set.idempotency_key, numbers[0])
+        if outcome == "exists":
             raise AlreadyExistsError(
                 f'context set "{name}" already exists; use replace to rebuild it'
             )
-        return context_set.with_revision(revision)
+        check_quota(quota, StoreUsage(*numbers[:2]), StoreUsage(*numbers[2:]))
+        raise InternalError(f"unexpected create reply {reply!r}")
+
+    async def usage(self, namespace: str) -> StoreUsage:
+        """What `namespace` holds (one script call); see `Store.usage`."""
+        async with self._guard():
+            sets, stored = await self._usage_script(
+                keys=["", self._names_key], args=[*self._key_prefixes, namespace]
+            )
+        return StoreUsage(int(sets), int(stored))
+
+    async def upgrade_layout(self) -> int:
+        """Rewrite revisions stored before schema version 3 in compact form; returns how
+        many. Each is rewritten atomically and only if unchanged meanwhile; readers see
+        either form (both decode to the same set), so this may run beside live traffic."""
+        upgraded = 0
+        async with self._guard():
+            for key_prefix in (self._key_prefixes[0], self._key_prefixes[2]):
+                pattern = _glob_escape(key_prefix) + "*"
+                async for key in self._client.scan_iter(match=pattern, count=1000):
+                    if await self._client.hexists(key, "sample"):
+                        continue
+                    revision, meta, sample, blob, documents = await self._client.hmget(
+                        key, ["revision", "meta", "sample", "embeddings", "documents"]
+                    )
+                    if revision is None or blob is None or documents is None or sample:
+                        continue
+                    try:
+                        summary = self._summary(_text(key), meta, revision)
+                        payload = records.compact_legacy(
+                            cast(bytes, blob),
+                            documents,
+                            summary.context_size,
+                            summary.embedding_dim,
+                        )
+                    except (InternalError, ValueError) as exc:  # left as is; reads report it
+                        logger.warning("not compacting corrupt %s: %s", _text(key), exc)
+                        continue
+                    upgraded += int(
+                        await self._compact_script(
+                            keys=[key],
+                            args=[revision, payload.embeddings, payload.documents, payload.sample],
+                        )
+                    )
+        return upgraded
 
     async def _read(self, name: str, revision: int | None, fields: list[str]) -> list[Any]:
         """The fields of the active revision or of `revision`, in one round trip."""
@@ -370,14 +560,20 @@ class RedisStore:
         self, name: str, *, revision: int | None = None, with_documents: bool = False
     ) -> StoredContextSet:
         """The active revision (or `revision`) with embeddings (and documents if asked)."""
-        fields = ["meta", "revision", "embeddings"] + (["documents"] if with_documents else [])
-        values = await self._read(name, revision, fields)
+        fields = ["meta", "revision", "embeddings", "sample"]
+        values = await self._read(
+            name, revision, fields + (["documents"] if with_documents else [])
+        )
         try:
             summary = records.decode_metadata(values[0], int(values[1]))
-            embeddings = records.decode_embeddings(
-                values[2], summary.context_size, summary.embedding_dim
-            )
-            documents = records.decode_documents(values[3]) if with_documents else ()
+            rows, dim = summary.context_size, summary.embedding_dim
+            documents_field = _text(values[4]) if with_documents else "[]"
+            if values[3] is None:  # stored before schema version 3: N rows, N documents
+                embeddings = records.decode_embeddings(values[2], rows, dim)
+                documents = records.decode_documents(documents_field) if with_documents else ()
+            else:
+                stored = records.Compacted(values[2], documents_field, values[3])
+                embeddings, documents = stored.materialize(rows, dim, with_documents=with_documents)
         except (ValueError, KeyError, TypeError) as exc:
             raise InternalError(f'stored context set "{name}" is corrupt: {exc}') from exc
         return records.assemble(summary, embeddings, documents)
@@ -473,13 +669,7 @@ class RedisStore:
             if revision is None:
                 outcome = int(
                     await self._delete_set_script(
-                        keys=[
-                            self._set_key(name),
-                            self._names_key,
-                            self._inactive_key(name),
-                            self._counters_key,
-                            self._op_key(),
-                        ],
+                        keys=self._set_write_keys(name),
                         args=[name, OP_MARKER_TTL_S, self._revision_prefix(name)],
                     )
                 )

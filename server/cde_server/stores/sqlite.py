@@ -5,10 +5,14 @@ serializes writers across processes sharing the file, so check-then-insert is at
 concurrent creates of one name leave exactly one winner. Embeddings are float32 blobs,
 documents a JSON array; metadata columns come first so summaries never read the blobs.
 
-Schema version 2: `context_sets` holds each name's active revision, `context_set_revisions`
-the immutable revisions (name, revision), `context_set_revision_counters` the highest number
-each name ever had (kept after a delete, so numbers are never reused). A version-1 file (one
-row per name in `context_sets`) is migrated in place in one transaction when opened.
+Schema version 3: `context_sets` holds each name's active revision, `context_set_revisions`
+the immutable revisions (name, revision) in compact form (see `records.Compacted`: distinct
+rows and documents, the sample's indices, their size in `stored_bytes`) with the key and
+request fingerprint of the create that made each, `context_set_revision_counters` the
+highest number each name ever had (kept after a delete, so numbers are never reused).
+Older files are migrated in place, in one transaction, when opened: version 1 (one row per
+name in `context_sets`, the release before revisions) and version 2 (revisions with N
+documents and N rows each) both go straight to version 3, every document and embedding kept.
 """
 
 from __future__ import annotations
@@ -35,14 +39,19 @@ from cde_server.stores.base import (
     ContextSetSummary,
     RevisionHistory,
     StoredContextSet,
+    StoreQuota,
+    StoreUsage,
     active_revision_error,
+    check_quota,
+    idempotency_mismatch_error,
     kept_revisions,
     missing_revision_error,
+    namespace_of,
 )
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MEMORY = ":memory:"
 BUSY_TIMEOUT_S = 5.0
 
@@ -62,8 +71,12 @@ CREATE TABLE IF NOT EXISTS context_set_revisions (
     context_id TEXT NOT NULL,
     context_size INTEGER NOT NULL,
     embedding_dim INTEGER NOT NULL,
+    idempotency_key TEXT NOT NULL DEFAULT '',
+    request_fingerprint TEXT NOT NULL DEFAULT '',
+    stored_bytes INTEGER NOT NULL,
     embeddings BLOB NOT NULL,
     documents TEXT NOT NULL,
+    sample BLOB NOT NULL,
     PRIMARY KEY (name, revision)
 );
 CREATE TABLE IF NOT EXISTS context_set_revision_counters (
@@ -76,26 +89,29 @@ CREATE TABLE IF NOT EXISTS prompts (
 );
 """
 
-# Version 1 -> 2: each old row becomes revision N (active) of its name; prompts are untouched.
-_MIGRATE_V1 = """
-ALTER TABLE context_sets RENAME TO context_sets_v1;
-{schema};
-INSERT INTO context_set_revisions (name, revision, created_at, model_fingerprint, prompt,
-    source_document_count, sampling, context_id, context_size, embedding_dim, embeddings,
-    documents)
-SELECT name, revision, created_at, model_fingerprint, prompt, source_document_count,
-    sampling, context_id, context_size, embedding_dim, embeddings, documents
-FROM context_sets_v1;
-INSERT INTO context_sets (name, active_revision) SELECT name, revision FROM context_sets_v1;
-INSERT INTO context_set_revision_counters (name, last_revision)
-SELECT name, revision FROM context_sets_v1;
-DROP TABLE context_sets_v1
-""".format(schema=_SCHEMA.strip().rstrip(";"))
-
-_REVISION_COLUMNS = (
+# The metadata columns versions 1 and 2 share with version 3 (in this order).
+_LEGACY_COLUMNS = (
     "name, revision, created_at, model_fingerprint, prompt, source_document_count, "
     "sampling, context_id, context_size, embedding_dim"
 )
+# Version 1 -> 3 (before the rows are copied): each old row becomes revision N (active) of
+# its name; prompts are untouched.
+_MIGRATE_V1 = """
+ALTER TABLE context_sets RENAME TO legacy_revisions;
+{schema};
+INSERT INTO context_sets (name, active_revision) SELECT name, revision FROM legacy_revisions;
+INSERT INTO context_set_revision_counters (name, last_revision)
+SELECT name, revision FROM legacy_revisions
+""".format(schema=_SCHEMA.strip().rstrip(";"))
+# Version 2 -> 3 (before the rows are copied): only the revisions table changes.
+_MIGRATE_V2 = """
+ALTER TABLE context_set_revisions RENAME TO legacy_revisions;
+{schema}
+""".format(schema=_SCHEMA.strip().rstrip(";"))
+_MIGRATIONS = {1: _MIGRATE_V1, 2: _MIGRATE_V2}
+
+_REVISION_COLUMNS = f"{_LEGACY_COLUMNS}, idempotency_key, request_fingerprint"
+_PAYLOAD_COLUMNS = ", r.embeddings, r.sample"
 _SUMMARY_COLUMNS = ", ".join(f"r.{column.strip()}" for column in _REVISION_COLUMNS.split(","))
 _ACTIVE_JOIN = (
     "context_sets s JOIN context_set_revisions r "
@@ -115,7 +131,45 @@ def _summary_from_row(row: tuple[Any, ...]) -> ContextSetSummary:
         context_id=row[7],
         context_size=int(row[8]),
         embedding_dim=int(row[9]),
+        idempotency_key=row[10],
+        request_fingerprint=row[11],
     )
+
+
+def _insert_revision(
+    db: sqlite3.Connection, metadata: tuple[Any, ...], payload: records.Compacted
+) -> None:
+    """Insert one revision: the `_REVISION_COLUMNS` values, then its payload."""
+    db.execute(
+        f"INSERT INTO context_set_revisions ({_REVISION_COLUMNS}, stored_bytes, embeddings, "
+        "documents, sample) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            *metadata,
+            payload.stored_bytes,
+            payload.embeddings,
+            payload.documents,
+            payload.sample,
+        ),
+    )
+
+
+def _copy_legacy_revisions(db: sqlite3.Connection) -> None:
+    """Compact every row of `legacy_revisions` (versions 1, 2) into the version-3 table."""
+    rows = db.execute(
+        f"SELECT {_LEGACY_COLUMNS}, embeddings, documents FROM legacy_revisions "
+        "ORDER BY name, revision"
+    )
+    for row in rows:
+        metadata, (blob, documents) = tuple(row[:10]), row[10:]
+        try:
+            payload = records.compact_legacy(blob, documents, int(row[8]), int(row[9]))
+        except ValueError as exc:  # the caller rolls back: the file stays as it was
+            raise StoreUnavailableError(
+                f'cannot upgrade the SQLite store: context set "{row[0]}" revision {row[1]} '
+                f"is corrupt ({exc}); the file was left unchanged"
+            ) from exc
+        _insert_revision(db, (*metadata, "", ""), payload)
+    db.execute("DROP TABLE legacy_revisions")
 
 
 def _namespace_clause(namespace: str | None, column: str = "name") -> tuple[str, tuple[str, ...]]:
@@ -193,9 +247,11 @@ class SqliteStore:
             connection.execute("BEGIN IMMEDIATE")
             try:  # re-read under the write lock: another process may have migrated meanwhile
                 version = int(connection.execute("PRAGMA user_version").fetchone()[0])
-                script = _MIGRATE_V1 if version == 1 else _SCHEMA
+                script = _MIGRATIONS.get(version, _SCHEMA)
                 for statement in filter(str.strip, script.split(";")):
                     connection.execute(statement)
+                if version in _MIGRATIONS:
+                    _copy_legacy_revisions(connection)
                 connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 connection.execute("COMMIT")
             except BaseException:
@@ -215,18 +271,29 @@ class SqliteStore:
         replace: bool,
         activate: bool = True,
         keep: int = DEFAULT_REVISIONS_KEPT,
+        quota: StoreQuota | None = None,
     ) -> StoredContextSet:
         """Add a revision atomically; see `Store.create_context_set`."""
-        revision = await self._run(self._create, context_set, replace, activate, keep)
-        return context_set.with_revision(revision)
+        payload = records.compact(context_set.embeddings, context_set.documents)
+        return await self._run(self._create, context_set, payload, replace, activate, keep, quota)
 
     def _create(
-        self, context_set: StoredContextSet, replace: bool, activate: bool, keep: int
-    ) -> int:
+        self,
+        context_set: StoredContextSet,
+        payload: records.Compacted,
+        replace: bool,
+        activate: bool,
+        keep: int,
+        quota: StoreQuota | None,
+    ) -> StoredContextSet:
         db = self._db()
         name = context_set.name
         db.execute("BEGIN IMMEDIATE")
         try:
+            earlier = self._idempotent_revision(context_set)
+            if earlier is not None:
+                db.execute("COMMIT")
+                return self._get(name, earlier, True)
             row = db.execute(
                 "SELECT active_revision FROM context_sets WHERE name = ?", (name,)
             ).fetchone()
@@ -234,27 +301,23 @@ class SqliteStore:
                 raise AlreadyExistsError(
                     f'context set "{name}" already exists; use replace to rebuild it'
                 )
+            before = self._usage(namespace_of(name)) if quota is not None else None
             revision = self._last_revision(name) + 1
-            db.execute(
-                "INSERT INTO context_set_revisions (name, revision, created_at, "
-                "model_fingerprint, prompt, source_document_count, sampling, context_id, "
-                "context_size, embedding_dim, embeddings, documents) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    name,
-                    revision,
-                    records.format_time(context_set.created_at),
-                    context_set.model_fingerprint,
-                    context_set.prompt,
-                    context_set.source_document_count,
-                    context_set.sampling,
-                    context_set.context_id,
-                    context_set.context_size,
-                    context_set.embedding_dim,
-                    records.encode_embeddings(context_set.embeddings),
-                    records.encode_documents(context_set.documents),
-                ),
+            metadata = (
+                name,
+                revision,
+                records.format_time(context_set.created_at),
+                context_set.model_fingerprint,
+                context_set.prompt,
+                context_set.source_document_count,
+                context_set.sampling,
+                context_set.context_id,
+                context_set.context_size,
+                context_set.embedding_dim,
+                context_set.idempotency_key,
+                context_set.request_fingerprint,
             )
+            _insert_revision(db, metadata, payload)
             db.execute(
                 "INSERT INTO context_set_revision_counters (name, last_revision) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET last_revision = excluded.last_revision",
@@ -267,11 +330,48 @@ class SqliteStore:
                 (name, active),
             )
             self._prune(name, active, keep)
+            if before is not None:
+                check_quota(quota, before, self._usage(namespace_of(name)))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return revision
+        return context_set.with_revision(revision)
+
+    def _idempotent_revision(self, context_set: StoredContextSet) -> int | None:
+        """The retained revision made by an earlier try of this create (None: there is none);
+        `FailedPreconditionError` when its key was used for another request."""
+        key = context_set.idempotency_key
+        if not key:
+            return None
+        row = (
+            self._db()
+            .execute(
+                "SELECT revision, request_fingerprint FROM context_set_revisions "
+                "WHERE name = ? AND idempotency_key = ? ORDER BY revision DESC LIMIT 1",
+                (context_set.name, key),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        if row[1] != context_set.request_fingerprint:
+            raise idempotency_mismatch_error(context_set.name, key, int(row[0]))
+        return int(row[0])
+
+    async def usage(self, namespace: str) -> StoreUsage:
+        """What `namespace` holds; see `Store.usage`."""
+        return await self._run(self._usage, namespace)
+
+    def _usage(self, namespace: str) -> StoreUsage:
+        db = self._db()
+        where, params = _namespace_clause(namespace)
+        sets = db.execute(f"SELECT COUNT(*) FROM context_sets WHERE 1 {where}", params)
+        stored = db.execute(
+            f"SELECT COALESCE(SUM(stored_bytes), 0) FROM context_set_revisions WHERE 1 {where}",
+            params,
+        )
+        return StoreUsage(int(sets.fetchone()[0]), int(stored.fetchone()[0]))
 
     def _last_revision(self, name: str) -> int:
         row = (
@@ -342,14 +442,14 @@ class SqliteStore:
         return await self._run(self._get, name, revision, with_documents)
 
     def _get(self, name: str, revision: int | None, with_documents: bool) -> StoredContextSet:
-        documents_column = "r.documents" if with_documents else "NULL"
-        row = self._select_revision(name, revision, f", r.embeddings, {documents_column}")
+        documents_column = ", r.documents" if with_documents else ", '[]'"
+        row = self._select_revision(name, revision, _PAYLOAD_COLUMNS + documents_column)
         try:
             summary = _summary_from_row(row)
-            embeddings = records.decode_embeddings(
-                row[10], summary.context_size, summary.embedding_dim
+            stored = records.Compacted(embeddings=row[12], sample=row[13], documents=row[14])
+            embeddings, documents = stored.materialize(
+                summary.context_size, summary.embedding_dim, with_documents=with_documents
             )
-            documents = records.decode_documents(row[11]) if with_documents else ()
         except (ValueError, KeyError) as exc:
             raise InternalError(f'stored context set "{name}" is corrupt: {exc}') from exc
         return records.assemble(summary, embeddings, documents)

@@ -59,9 +59,13 @@ TOKEN_COUNT = "TOKEN_COUNT"  # INT32 [rows, 1], tokens after truncation incl. [C
 TRUNCATED = "TRUNCATED"  # BOOL [rows, 1], text reached max_tokens (cut, or exactly that long)
 # cde_model_info (not batched): REQUEST BYTES [1] (any value) -> INFO BYTES [1], a JSON object
 # with name, fingerprint, hidden_size, corpus_size, max_tokens, vocab_size (the tokenizer's;
-# token ids lie in [0, vocab_size)), dtype, device ("cpu" | "gpu").
+# token ids lie in [0, vocab_size)), dtype, device ("cpu" | "gpu"). REQUEST "tokenizer" instead
+# answers {"fingerprint", "max_tokens", "tokenizer": the tokenizer.json text cde_tokenize uses}
+# (repositories that predate it answer the usual object, without "tokenizer").
 REQUEST = "REQUEST"
 INFO = "INFO"
+TOKENIZER_REQUEST = b"tokenizer"
+TOKENIZER_FIELD = "tokenizer"
 
 MAX_BATCH_ROWS = 64
 

@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
 from cde_server.errors import InvalidArgumentError
@@ -43,6 +43,12 @@ _CREATE_CONTEXT_SET_CALL = admitted("CreateContextSet")
 _LIST_CONTEXT_SETS_CALL = admitted("ListContextSets")
 _GET_CONTEXT_SET_CALL = admitted("GetContextSet")
 _DELETE_CONTEXT_SET_CALL = admitted("DeleteContextSet")
+_IDEMPOTENCY_KEY = Header(
+    default="",
+    alias="Idempotency-Key",
+    description="makes retries safe: a create whose key the set's retained revisions carry "
+    "returns that revision (the same key with other content: 409)",
+)
 _LIST_PROMPTS_CALL = admitted("ListPrompts")
 _PUT_PROMPT_CALL = admitted("PutPrompt")
 _DELETE_PROMPT_CALL = admitted("DeletePrompt")
@@ -107,7 +113,10 @@ def _info_of(view: ContextSetView) -> ContextSetInfo:
     responses=documented_errors(403, 404, 409),
 )
 async def create_context_set(
-    request: Request, body: ContextSetCreate, call: ActiveCall = _CREATE_CONTEXT_SET_CALL
+    request: Request,
+    body: ContextSetCreate,
+    idempotency_key: str = _IDEMPOTENCY_KEY,
+    call: ActiveCall = _CREATE_CONTEXT_SET_CALL,
 ) -> Any:
     """Sample N of the documents, embed them with stage 1, store the set."""
     service = services_of(request).service
@@ -116,7 +125,9 @@ async def create_context_set(
         yield body.documents
 
     async with service.stream_slot(call):
-        options = ContextSetInput(body.name, body.prompt, body.replace, body.seed)
+        options = ContextSetInput(
+            body.name, body.prompt, body.replace, body.seed, idempotency_key=idempotency_key
+        )
         return _info_of(await service.create_context_set(call, options, batches()))
 
 
@@ -144,12 +155,13 @@ async def upload_context_set(
     prompt: str = "",
     replace: bool = False,
     seed: int | None = Query(default=None, ge=0, le=UINT64_MAX),
+    idempotency_key: str = _IDEMPOTENCY_KEY,
     call: ActiveCall = _CREATE_CONTEXT_SET_CALL,
 ) -> Any:
     """Create a set from an NDJSON stream of documents (for uploads too large for one body)."""
     service = services_of(request).service
     async with service.stream_slot(call):
-        options = ContextSetInput(name, prompt, replace, seed)
+        options = ContextSetInput(name, prompt, replace, seed, idempotency_key=idempotency_key)
         view = await service.create_context_set(call, options, ndjson_batches(request.stream()))
         return _info_of(view)
 
