@@ -127,6 +127,7 @@ def running_gateway(model: str, store_dir: Path, log: Path) -> Iterator[Gateway]
         CDE_PORT=str(port),
         CDE_STORE=f"sqlite://{store_dir / 'store.db'}",
         CDE_METRICS_PORT="off",
+        CDE_HTTP_PORT="off",  # locust speaks gRPC; 8080 may be taken
         CDE_LOG_LEVEL="WARNING",
         CDE_TRITON_BIND_ADDRESS="127.0.0.1",
         CDE_TRITON_HOST="127.0.0.1",

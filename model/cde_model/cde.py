@@ -27,17 +27,19 @@ from cde_model.checkpoint import (
 from cde_model.config import CDEConfig
 from cde_model.description import describe_checkpoint
 from cde_model.interface import (
-    PreparedContext,
-    TokenArray,
     context_rows,
-    own_context,
     tensor_nbytes,
 )
-from cde_model.loading import CheckpointFormat, CheckpointModel, LoadedCheckpoint
+from cde_model.loading import (
+    CheckpointFormat,
+    CheckpointModel,
+    FixedRowsContext,
+    LoadedCheckpoint,
+)
 
 
 @dataclass(frozen=True)
-class CDEContext(PreparedContext):
+class CDEContext(FixedRowsContext):
     """Layer-0 state of the N dataset rows followed by the 8 prompt rows."""
 
     model_fingerprint: str
@@ -48,10 +50,15 @@ class CDEContext(PreparedContext):
     def nbytes(self) -> int:
         return tensor_nbytes(self.layer0_input, self.layer0_qkv)
 
+    @property
+    def rows_per_text(self) -> int:
+        return int(self.layer0_input.shape[0])
 
-class CDEModel(CheckpointModel):
+
+class CDEModel(CheckpointModel[CDEContext]):
     """A cde-small-v1 checkpoint on one device and dtype."""
 
+    context_kind = CDEContext
     checkpoint_format = CheckpointFormat(
         read_config=CDEConfig.from_file,
         describe=describe_checkpoint,
@@ -107,21 +114,6 @@ class CDEModel(CheckpointModel):
         return CDEContext(self.info.fingerprint, layer0_input, layer0_qkv)
 
     # ----------------------------------------------------------------------------- stage 2
-
-    @torch.inference_mode()
-    def second_stage(
-        self, input_ids: TokenArray, attention_mask: TokenArray, context: PreparedContext
-    ) -> torch.Tensor:
-        context = own_context(context, CDEContext, self.info)
-        batch = self._validated(input_ids, attention_mask)
-        context_rows = context.layer0_input.shape[0]
-        return batch.embed_packs(
-            lambda ids, mask: self._second_stage_pack(ids, mask, context),
-            width=self.info.hidden_size,
-            token_budget=self._token_budget,
-            device=self._device,
-            rows_per_item=context_rows,
-        )
 
     def _second_stage_pack(
         self, ids: torch.Tensor, mask: torch.Tensor, context: CDEContext

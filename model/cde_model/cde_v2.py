@@ -25,20 +25,22 @@ from cde_model.checkpoint_v2 import CDEV2Weights, build_v2_weights
 from cde_model.config_v2 import CDEV2Config
 from cde_model.description import describe_v2_checkpoint
 from cde_model.interface import (
-    PreparedContext,
-    TokenArray,
     context_rows,
-    own_context,
     tensor_nbytes,
 )
-from cde_model.loading import CheckpointFormat, CheckpointModel, LoadedCheckpoint
+from cde_model.loading import (
+    CheckpointFormat,
+    CheckpointModel,
+    FixedRowsContext,
+    LoadedCheckpoint,
+)
 from cde_model.modernbert import build_backbone, modernbert_config
 from cde_model.modernbert_forward import ModernBertForward
 from cde_model.tokenizer_v2 import instruction_end_id
 
 
 @dataclass(frozen=True)
-class CDEV2Context(PreparedContext):
+class CDEV2Context(FixedRowsContext):
     """The stage-2 rows shared by every text: dataset rows, then the 8 prompt rows."""
 
     model_fingerprint: str
@@ -47,6 +49,10 @@ class CDEV2Context(PreparedContext):
     @property
     def nbytes(self) -> int:
         return tensor_nbytes(self.fixed_rows)
+
+    @property
+    def rows_per_text(self) -> int:
+        return int(self.fixed_rows.shape[0])
 
 
 def instruction_pool_mask(ids: torch.Tensor, mask: torch.Tensor, end_id: int) -> torch.Tensor:
@@ -63,11 +69,12 @@ def instruction_pool_mask(ids: torch.Tensor, mask: torch.Tensor, end_id: int) ->
     return mask & ~instruction
 
 
-class CDEV2Model(CheckpointModel):
+class CDEV2Model(CheckpointModel[CDEV2Context]):
     """A cde-small-v2 checkpoint on one device and dtype."""
 
     backbone_config: ModernBertConfig
 
+    context_kind = CDEV2Context
     checkpoint_format = CheckpointFormat(
         read_config=CDEV2Config.from_file,
         describe=describe_v2_checkpoint,
@@ -119,21 +126,6 @@ class CDEV2Model(CheckpointModel):
         return CDEV2Context(self.info.fingerprint, torch.cat((rows, self._prompt_rows)))
 
     # ----------------------------------------------------------------------------- stage 2
-
-    @torch.inference_mode()
-    def second_stage(
-        self, input_ids: TokenArray, attention_mask: TokenArray, context: PreparedContext
-    ) -> torch.Tensor:
-        context = own_context(context, CDEV2Context, self.info)
-        batch = self._validated(input_ids, attention_mask)
-        fixed = context.fixed_rows.shape[0]
-        return batch.embed_packs(
-            lambda ids, mask: self._second_stage_pack(ids, mask, context),
-            width=self.info.hidden_size,
-            token_budget=self._token_budget,
-            device=self._device,
-            rows_per_item=fixed,
-        )
 
     def _second_stage_pack(
         self, ids: torch.Tensor, mask: torch.Tensor, context: CDEV2Context

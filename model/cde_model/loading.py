@@ -14,7 +14,7 @@ import torch
 from cde_model.batching import TokenBatch
 from cde_model.checkpoint import checkpoint_paths, read_tensors
 from cde_model.description import ModelDescription
-from cde_model.interface import EmbeddingModel, TokenArray
+from cde_model.interface import EmbeddingModel, PreparedContext, TokenArray, own_context
 from cde_model.runtime import default_token_budget, resolve_device, resolve_dtype
 
 ConfigT = TypeVar("ConfigT")
@@ -73,10 +73,23 @@ def load_checkpoint(
     return LoadedCheckpoint(config, weights, description, torch_device, torch_dtype, budget, rows)
 
 
-class CheckpointModel(EmbeddingModel):
-    """A model built from a checkpoint directory; stage 1 runs in token-budget packs."""
+class FixedRowsContext(PreparedContext):
+    """A prepared context whose rows (dataset, then prompt) precede every stage-2 text."""
+
+    @property
+    @abstractmethod
+    def rows_per_text(self) -> int:
+        """How many fixed rows each text's stage-2 sequence carries before its tokens."""
+
+
+ContextT = TypeVar("ContextT", bound=FixedRowsContext)
+
+
+class CheckpointModel(EmbeddingModel, Generic[ContextT]):
+    """A model built from a checkpoint directory; both stages run in token-budget packs."""
 
     checkpoint_format: ClassVar[CheckpointFormat[Any, Any]]
+    context_kind: type[ContextT]
     _vocab_rows: int
     _token_budget: int
     _device: torch.device
@@ -117,6 +130,26 @@ class CheckpointModel(EmbeddingModel):
     @abstractmethod
     def _first_stage_pack(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Unnormalized dataset embeddings of one pack of rows."""
+
+    @torch.inference_mode()
+    def second_stage(
+        self, input_ids: TokenArray, attention_mask: TokenArray, context: PreparedContext
+    ) -> torch.Tensor:
+        """Raw (unnormalized) contextual embeddings: float32 [B, hidden] on CPU."""
+        own = own_context(context, self.context_kind, self.info)
+        return self._validated(input_ids, attention_mask).embed_packs(
+            lambda ids, mask: self._second_stage_pack(ids, mask, own),
+            width=self.info.hidden_size,
+            token_budget=self._token_budget,
+            device=self._device,
+            rows_per_item=own.rows_per_text,
+        )
+
+    @abstractmethod
+    def _second_stage_pack(
+        self, ids: torch.Tensor, mask: torch.Tensor, context: ContextT
+    ) -> torch.Tensor:
+        """Unnormalized contextual embeddings of one pack of rows."""
 
     def _validated(self, input_ids: TokenArray, attention_mask: TokenArray) -> TokenBatch:
         return TokenBatch.from_inputs(
