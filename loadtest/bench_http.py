@@ -256,13 +256,16 @@ def start_stack(store: Path) -> tuple[subprocess.Popen[str], str, str]:
     raise RuntimeError(f"cde serve exited with status {process.wait()}")
 
 
-def section(results: list[Measurement], batch: int, seconds: float, rounds: int, model: str) -> str:
-    """The RESULTS.md section."""
+def section(
+    results: list[Measurement], batch: int, seconds: float, rounds: int, model: str, load: float
+) -> str:
+    """The RESULTS.md section (`load`: the 1-min load average before the stack started)."""
     by = {(m.transport, m.concurrency): m for m in results}
     lines = [
         SECTION,
         "",
-        f"{datetime.now(UTC):%Y-%m-%d}, model {model}, {os.cpu_count()} CPUs (shared), "
+        f"{datetime.now(UTC):%Y-%m-%d}, model {model}, {os.cpu_count()} CPUs (1-min load average "
+        f"{load:.1f} before the run, {os.getloadavg()[0]:.1f} after it, the stack included), "
         f"{batch} queries per request, {seconds:.0f} s per cell in {rounds} slices taking turns "
         "with the other transports, clients in the benchmark process on the same machine. "
         "`/v1/embeddings` (aiohttp + orjson) vs gRPC `Embed` (grpc.aio); ratio = HTTP "
@@ -315,6 +318,7 @@ def main() -> int:
     from results import replace_section
 
     with tempfile.TemporaryDirectory() as folder:
+        load_before = os.getloadavg()[0]
         process, grpc_address, http_url = start_stack(Path(folder) / "store.db")
         try:
             documents = [" ".join(queries(1, 10_000 + i)) for i in range(64)]
@@ -332,7 +336,7 @@ def main() -> int:
         finally:
             process.terminate()
             process.wait(60)
-    text = section(results, args.batch, args.seconds, args.rounds, model)
+    text = section(results, args.batch, args.seconds, args.rounds, model, load_before)
     print(text)
     if not args.no_write:
         replace_section(RESULTS, SECTION, text)
