@@ -14,6 +14,7 @@ import pytest
 from cde_server.domain.pagination import list_page
 from cde_server.errors import AlreadyExistsError, NotFoundError, StoreUnavailableError
 from cde_server.stores import Store, StoredContextSet, open_store, sqlite_path
+from cde_server.stores.sqlite import SqliteStore
 from cde_server.triton.protocol import context_id
 from support.store_fixtures import RedisServer, unique_prefix
 from support.store_records import make_set, run, with_store
@@ -371,6 +372,27 @@ def test_unusable_sqlite_path_is_unavailable(tmp_path: Path) -> None:
         not_a_db.write_bytes(b"this is not a database" * 100)
         with pytest.raises(StoreUnavailableError, match="SQLite store"):
             await open_store(f"sqlite://{not_a_db}")
+
+    run(body())
+
+
+def test_sqlite_summary_read_falls_back_to_the_worker(tmp_path: Path) -> None:
+    """The Embed path's summary read runs on the event loop; when that read fails (here: its
+    connection is gone) the worker reads instead, and a missing set is NOT_FOUND either way."""
+
+    async def body() -> None:
+        store = await open_store(f"sqlite://{tmp_path / 's.db'}")
+        try:
+            assert isinstance(store, SqliteStore)
+            stored = await store.create_context_set(make_set("a", 1.0), replace=False)
+            assert await store.get_summary("a") == stored.summary()  # on the loop
+            assert store._reader is not None
+            store._reader.close()
+            assert await store.get_summary("a") == stored.summary()  # on the worker
+            with pytest.raises(NotFoundError, match='"b" not found'):
+                await store.get_summary("b")
+        finally:
+            await store.close()
 
     run(body())
 

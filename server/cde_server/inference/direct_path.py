@@ -7,7 +7,6 @@ expensive stage, and a cache-miss retry does not tokenize again.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
@@ -19,9 +18,9 @@ from cde_server.inference.local_tokenizer import LocalTokenizer
 from cde_server.inference.tensors import (
     Infer,
     TokenizedTexts,
-    chunk_starts,
     context_inputs,
     counts_and_truncation,
+    each_chunk,
     float_output,
     framed_tokens,
     output,
@@ -56,11 +55,10 @@ class DirectPath:
         local = await self._local_tokenizer(deadline) if self._local_tokenizer else None
         if local is not None:
             return await local.tokenize(texts)
-        parts = await asyncio.gather(
-            *(self._tokenize_chunk(texts[s : s + tp.MAX_BATCH_ROWS], deadline)
-              for s in chunk_starts(len(texts)))
-        )  # fmt: skip
-        return TokenizedTexts.concat(list(parts))
+        parts = await each_chunk(
+            len(texts), lambda s: self._tokenize_chunk(texts[s : s + tp.MAX_BATCH_ROWS], deadline)
+        )
+        return TokenizedTexts.concat(parts)
 
     async def embed(
         self,
@@ -99,17 +97,16 @@ class DirectPath:
     async def _second_stage(
         self, tokens: TokenizedTexts, context: ContextRef, deadline: Deadline
     ) -> Encoded:
-        chunks = await asyncio.gather(
-            *(self._second_stage_chunk(tokens, s, context, deadline)
-              for s in chunk_starts(tokens.rows))
-        )  # fmt: skip
+        chunks = await each_chunk(
+            tokens.rows, lambda s: self._second_stage_chunk(tokens, s, context, deadline)
+        )
         return Encoded(np.concatenate(chunks), tokens.token_counts, tokens.truncated)
 
     async def embed_context(self, documents: Sequence[str], deadline: Deadline) -> Encoded:
         """First-stage rows of `documents`."""
         tokens = await self.tokenize(documents, deadline)
-        chunks = await asyncio.gather(
-            *(self._first_stage_chunk(tokens, s, deadline) for s in chunk_starts(tokens.rows))
+        chunks = await each_chunk(
+            tokens.rows, lambda s: self._first_stage_chunk(tokens, s, deadline)
         )
         return Encoded(np.concatenate(chunks), tokens.token_counts, tokens.truncated)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
 from cde_server.inference.cache_miss import ContextPrimer
@@ -10,9 +9,9 @@ from cde_server.inference.deadlines import Deadline
 from cde_server.inference.interface import ContextRef, Encoded, FloatMatrix
 from cde_server.inference.tensors import (
     Infer,
-    chunk_starts,
     context_inputs,
     counts_and_truncation,
+    each_chunk,
     float_output,
     refuse_truncated,
     text_input,
@@ -40,10 +39,10 @@ class EnsemblePath:
         allow_truncation: bool,
     ) -> Encoded:
         """Second-stage rows of `texts` (Triton tokenizes, so too long ones are found after)."""
-        parts = await asyncio.gather(
-            *(self._embed_chunk(texts[s : s + tp.MAX_BATCH_ROWS], context, deadline)
-              for s in chunk_starts(len(texts)))
-        )  # fmt: skip
+        parts = await each_chunk(
+            len(texts),
+            lambda s: self._embed_chunk(texts[s : s + tp.MAX_BATCH_ROWS], context, deadline),
+        )
         encoded = Encoded.concat(parts)
         if not allow_truncation:
             refuse_truncated(encoded.truncated, max_tokens)
@@ -51,10 +50,10 @@ class EnsemblePath:
 
     async def embed_context(self, documents: Sequence[str], deadline: Deadline) -> Encoded:
         """First-stage rows of `documents`."""
-        parts = await asyncio.gather(
-            *(self._context_chunk(documents[s : s + tp.MAX_BATCH_ROWS], deadline)
-              for s in chunk_starts(len(documents)))
-        )  # fmt: skip
+        parts = await each_chunk(
+            len(documents),
+            lambda s: self._context_chunk(documents[s : s + tp.MAX_BATCH_ROWS], deadline),
+        )
         return Encoded.concat(parts)
 
     async def _embed_chunk(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -143,9 +144,16 @@ def framed_tokens(
     return TokenizedTexts(input_ids, attention_mask, counts, counts >= max_tokens)
 
 
-def chunk_starts(rows: int) -> range:
-    """Where each chunk of at most MAX_BATCH_ROWS rows starts."""
-    return range(0, rows, tp.MAX_BATCH_ROWS)
+T = TypeVar("T")
+
+
+async def each_chunk(rows: int, call: Callable[[int], Awaitable[T]]) -> list[T]:
+    """`call(start)` for each chunk of at most MAX_BATCH_ROWS of `rows`, concurrently, results
+    in order; the usual single chunk is awaited directly (no task: it is on every Embed's path)."""
+    starts = range(0, rows, tp.MAX_BATCH_ROWS)
+    if len(starts) == 1:
+        return [await call(0)]
+    return list(await asyncio.gather(*(call(start) for start in starts)))
 
 
 def _pad_to(values: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.int64]:

@@ -1,6 +1,7 @@
-"""SQLite store: one database file, WAL journal, all calls on one worker thread.
+"""SQLite store: one database file, WAL journal, calls on one worker thread.
 
-A single connection on a dedicated thread serializes this process's calls; `BEGIN IMMEDIATE`
+A single connection on a dedicated thread serializes this process's calls (the Embed path's
+summary read excepted, see `get_summary`); `BEGIN IMMEDIATE`
 serializes writers across processes sharing the file, so check-then-insert is atomic and
 concurrent creates of one name leave exactly one winner. Embeddings are float32 blobs,
 documents a JSON array; metadata columns come first so summaries never read the blobs.
@@ -119,6 +120,23 @@ _ACTIVE_JOIN = (
 )
 
 
+def _revision_query(
+    name: str, revision: int | None, extra_columns: str = ""
+) -> tuple[str, tuple[Any, ...]]:
+    """SQL and parameters selecting the summary columns (and `extra_columns`) of the active
+    revision of `name`, or of `revision`."""
+    if revision is None:
+        return (
+            f"SELECT {_SUMMARY_COLUMNS}{extra_columns} FROM {_ACTIVE_JOIN} WHERE s.name = ?",
+            (name,),
+        )
+    return (
+        f"SELECT {_SUMMARY_COLUMNS}{extra_columns} FROM context_set_revisions r "
+        "WHERE r.name = ? AND r.revision = ?",
+        (name, revision),
+    )
+
+
 def _summary_from_row(row: tuple[Any, ...]) -> ContextSetSummary:
     return ContextSetSummary(
         name=row[0],
@@ -191,6 +209,7 @@ class SqliteStore:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cde-sqlite")
         self._connection: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None  # the event loop's, for get_summary
         self._closed = False
 
     @classmethod
@@ -261,6 +280,11 @@ class SqliteStore:
             connection.close()
             raise
         self._connection = connection
+        if self.path != MEMORY:  # never waits: a busy file sends the read to the worker
+            self._reader = sqlite3.connect(
+                self.path, timeout=0, isolation_level=None, check_same_thread=False
+            )
+            self._reader.execute("PRAGMA query_only=ON")
 
     # -- context sets ---------------------------------------------------------------------
 
@@ -421,16 +445,7 @@ class SqliteStore:
         self, name: str, revision: int | None, extra_columns: str = ""
     ) -> tuple[Any, ...]:
         """One row: the summary columns (and `extra_columns`) of the active or given revision."""
-        if revision is None:
-            query = f"SELECT {_SUMMARY_COLUMNS}{extra_columns} FROM {_ACTIVE_JOIN} WHERE s.name = ?"
-            params: tuple[Any, ...] = (name,)
-        else:
-            query = (
-                f"SELECT {_SUMMARY_COLUMNS}{extra_columns} FROM context_set_revisions r "
-                "WHERE r.name = ? AND r.revision = ?"
-            )
-            params = (name, revision)
-        row = self._db().execute(query, params).fetchone()
+        row = self._db().execute(*_revision_query(name, revision, extra_columns)).fetchone()
         if row is None:
             raise self._missing(name, revision)
         return tuple(row)
@@ -455,7 +470,20 @@ class SqliteStore:
         return records.assemble(summary, embeddings, documents)
 
     async def get_summary(self, name: str, *, revision: int | None = None) -> ContextSetSummary:
-        """The metadata of the active revision (or `revision`), one query."""
+        """The metadata of the active revision (or `revision`), one query.
+
+        Every Embed makes this read, so it runs on the event loop: a WAL reader does not wait
+        for writers, and the worker-thread hop cost more than the query (loadtest/RESULTS.md,
+        "Serving path changes"). Anything but a found row (missing, busy, failing) is read
+        again on the worker, which makes the errors.
+        """
+        if self._reader is not None and not self._closed:
+            try:
+                row = self._reader.execute(*_revision_query(name, revision)).fetchone()
+            except sqlite3.Error:
+                row = None
+            if row is not None:
+                return _summary_from_row(tuple(row))
         return await self._run(self._get_summary, name, revision)
 
     def _get_summary(self, name: str, revision: int | None) -> ContextSetSummary:
@@ -613,6 +641,9 @@ class SqliteStore:
         """Close the connection and stop the worker thread (idempotent)."""
         if self._closed:
             return
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._connection is not None:
             connection = self._connection
             self._connection = None
