@@ -15,12 +15,7 @@ from pathlib import Path
 
 import pytest
 from cde_server.cli.main import main as cde_main
-from cde_server.triton.environment import (
-    OMP_SPIN_COUNT,
-    TritonInstall,
-    TritonSetupError,
-    server_environment,
-)
+from cde_server.triton.environment import TritonSetupError
 from cde_server.triton.launcher import (
     SHM_DIR,
     TritonProcess,
@@ -34,16 +29,6 @@ def start_error(settings_dir: Path, **overrides: object) -> str:
     with pytest.raises(TritonSetupError) as caught:
         TritonProcess(tiny_triton_settings(settings_dir, **overrides)).start()
     return str(caught.value)
-
-
-def test_server_environment_shortens_the_openmp_spin_unless_set(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    install = TritonInstall(tmp_path / "tritonserver", tmp_path, tmp_path / "stub", None)
-    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
-    assert server_environment(install, {})["GOMP_SPINCOUNT"] == OMP_SPIN_COUNT
-    monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
-    assert server_environment(install, {})["GOMP_SPINCOUNT"] == "300000"
 
 
 def test_missing_model_path(tmp_path: Path) -> None:

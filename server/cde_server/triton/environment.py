@@ -119,19 +119,9 @@ def prepare_backend_dir(install: TritonInstall, cache_dir: Path) -> Path:
     return target
 
 
-# How long torch's idle OpenMP threads (GNU libgomp, as the torch wheels ship) busy-wait for
-# the next parallel region before sleeping, unless the environment sets it. libgomp's default
-# (300000 spins) is ~15 ms on CPUs whose PAUSE takes ~140 cycles (recent Xeons): after every
-# forward a spinning thread holds a core the gateway and Triton need for the response
-# (loadtest/RESULTS.md, "Serving path changes"). 10000 keeps the model's speed.
-OMP_SPIN_COUNT = "10000"
-
-
 def server_environment(install: TritonInstall, extra: dict[str, str]) -> dict[str, str]:
-    """Environment for tritonserver: this libpython first, the venv's bin first on PATH, a
-    short OpenMP spin."""
+    """Environment for tritonserver: this libpython first, the venv's bin first on PATH."""
     env = dict(os.environ)
-    env.setdefault("GOMP_SPINCOUNT", OMP_SPIN_COUNT)
     library_path = [str(python_libdir())]
     if install.libs is not None:
         library_path.append(str(install.libs))
