@@ -121,7 +121,8 @@ def test_a_killed_stub_is_reloaded_and_never_answers_internal(embedded: GatewayP
     else:
         raise AssertionError(f"no recovery in {RECOVERY_S:.0f} s: {codes}")
     assert set(codes) <= {"UNAVAILABLE"}, codes
-    assert health(embedded.address) == HealthStatus.SERVING
+    # health follows at its next check (an Embed can succeed between two checks)
+    wait_for(lambda: health(embedded.address) == HealthStatus.SERVING, 15, "SERVING")
 
 
 def test_killed_triton_is_restarted_while_the_gateway_stays_up(embedded: GatewayProcess) -> None:
