@@ -6,7 +6,7 @@ backend (a grpc.aio server that echoes). Payloads are raw bytes (no protobuf, no
 relay's CPU per request is gRPC's own cost of one incoming and one outgoing call; compare it with
 the gateway's row of `bench_breakdown.py`. Prints one line per concurrency.
 
-    .venv/bin/python loadtest/bench_grpc_floor.py [--requests 2000]
+    .venv/bin/python loadtest/bench_grpc_floor.py [--requests 3200]
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ async def load(port: int, concurrency: int, requests: int) -> float:
 
 
 def cpu(process: psutil.Process) -> float:
+    """User + system CPU seconds of `process` so far."""
     times = process.cpu_times()
     return float(times.user + times.system)
 
