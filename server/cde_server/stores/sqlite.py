@@ -477,7 +477,7 @@ class SqliteStore:
         "Serving path changes"). Anything but a found row (missing, busy, failing) is read
         again on the worker, which makes the errors.
         """
-        if self._reader is not None and not self._closed:
+        if self._reader is not None:  # None once closed: the worker path says so
             try:
                 row = self._reader.execute(*_revision_query(name, revision)).fetchone()
             except sqlite3.Error:
