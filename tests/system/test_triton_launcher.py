@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 from cde_server.cli.main import main as cde_main
-from cde_server.triton.environment import TritonSetupError
+from cde_server.triton.environment import (
+    STUB_SPIN_COUNT,
+    TritonSetupError,
+    pytriton_install,
+    server_environment,
+)
 from cde_server.triton.launcher import (
     SHM_DIR,
     TritonProcess,
@@ -48,6 +53,14 @@ def test_missing_libpython(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert "shared libpython not found" in start_error(tmp_path)
 
 
+def test_spin_count_set_by_the_user_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    install = pytriton_install()
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    assert server_environment(install, {})["GOMP_SPINCOUNT"] == STUB_SPIN_COUNT
+    monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
+    assert server_environment(install, {})["GOMP_SPINCOUNT"] == "300000"
+
+
 def test_incomplete_repository(tmp_path: Path) -> None:
     message = start_error(tmp_path, triton_model_repository=tmp_path)
     assert "lacks cde_tokenize" in message
@@ -76,6 +89,7 @@ def test_model_that_fails_to_load_gives_the_log(tmp_path: Path) -> None:
 def test_cli_stops_on_sigterm_without_leftovers(tmp_path: Path) -> None:
     grpc_port, http_port, metrics_port = free_ports(3)
     env = dict(os.environ, CDE_TRITON_CACHE_DIR=str(tmp_path), CDE_TRITON_EXIT_TIMEOUT_S="5")
+    env.pop("GOMP_SPINCOUNT", None)
     command = [
         sys.executable, "-m", "cde_server.cli.main", "triton",
         "--model", str(TINY_CHECKPOINT), "--device", "cpu",
@@ -108,6 +122,9 @@ def test_cli_stops_on_sigterm_without_leftovers(tmp_path: Path) -> None:
         (server,) = children
         stubs = process_group_members(server)
         assert len(stubs) >= 4  # tritonserver and one stub per python model
+        for pid in stubs:  # the launcher's short OpenMP spin reaches every stub
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert f"GOMP_SPINCOUNT={STUB_SPIN_COUNT}".encode() in environ
         assert list(SHM_DIR.glob(f"cde_triton_{process.pid}_*"))
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0

@@ -119,9 +119,17 @@ def prepare_backend_dir(install: TritonInstall, cache_dir: Path) -> Path:
     return target
 
 
+# GNU OpenMP's idle threads busy-wait this many spins for the next parallel region (libgomp's
+# own default, 300000, is ~15 ms on CPUs with a slow PAUSE: a stub then holds a core after each
+# forward that the rest of the path needs). A value set in the environment wins.
+STUB_SPIN_COUNT = "10000"
+
+
 def server_environment(install: TritonInstall, extra: dict[str, str]) -> dict[str, str]:
-    """Environment for tritonserver: this libpython first, the venv's bin first on PATH."""
+    """Environment for tritonserver: this libpython first, the venv's bin first on PATH, a
+    short OpenMP spin for the stubs (unless `GOMP_SPINCOUNT` is set)."""
     env = dict(os.environ)
+    env.setdefault("GOMP_SPINCOUNT", STUB_SPIN_COUNT)
     library_path = [str(python_libdir())]
     if install.libs is not None:
         library_path.append(str(install.libs))
