@@ -53,7 +53,7 @@ def test_missing_libpython(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert "shared libpython not found" in start_error(tmp_path)
 
 
-def test_spin_count_set_by_the_user_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_short_openmp_spin_unless_the_user_sets_one(monkeypatch: pytest.MonkeyPatch) -> None:
     install = pytriton_install()
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     assert server_environment(install, {})["GOMP_SPINCOUNT"] == STUB_SPIN_COUNT
