@@ -11,6 +11,9 @@ background thread of the test process (fast to start and restart). Fixtures:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import faulthandler
+import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -45,8 +48,17 @@ class GatewayThread:
         return self.gateway.address
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = START_TIMEOUT_S) -> T:
-        """Run `coroutine` on the gateway's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+        """Run `coroutine` on the gateway's loop and wait for its result; on a timeout, print
+        where the loop's tasks and every thread are stuck (for the test's captured output)."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            print(f"gateway loop: no result after {timeout} s; its tasks:", file=sys.stderr)
+            for task in asyncio.all_tasks(self._loop):
+                task.print_stack(file=sys.stderr)
+            faulthandler.dump_traceback(sys.stderr, all_threads=True)
+            raise
 
     def start(self) -> GatewayThread:
         """Start a gateway (binds settings.port; 0 picks a free one, remembered for restarts)."""
